@@ -1,0 +1,56 @@
+"""The `dsv4` command line: thin subcommands over functions that tests call directly.
+
+Each concern registers its own subcommands in a module of this package (`data.py`,
+`train.py`, ...), with argparse only, and imports its heavy code inside the handler, so
+that `dsv4 --help` is instant. A `UserError` anywhere becomes a one-line message and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dsv4 import __version__
+from dsv4.errors import UserError
+
+# Modules that each define `register(subparsers)`. Add a line for a new concern.
+COMMAND_MODULES = [
+    "dsv4.cli.model",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsv4",
+        description="DeepSeek-V4, open and end to end: data, model, training, evaluation, serving.",
+    )
+    parser.add_argument("--version", action="version", version=f"dsv4 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        # `dsv4` or `dsv4 train` alone: show the relevant help.
+        (getattr(args, "_parser", None) or parser).print_help()
+        return 2
+    try:
+        rc = func(args)
+    except UserError as e:
+        print(f"dsv4: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dsv4: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
