@@ -50,7 +50,10 @@ def _build(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     meta = build_data(
-        args.source, args.out, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+        args.source,
+        args.out,
+        vocab_size=args.vocab_size,
+        val_fraction=args.val_fraction,
         progress=not args.no_progress,
     )
     verb = "reused" if meta.get("reused") else "built"

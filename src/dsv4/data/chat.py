@@ -6,7 +6,8 @@ Shown one turn per line for readability only:
 
     <|system|>You are a helpful coding assistant.<|end|>
     <|user|>What is 2+2?<|end|>
-    <|assistant|><think>Simple sum.</think>Let me check.<|tool_call|>{"name": "py", "arguments": {"code": "2+2"}}<|/tool_call|><|end|>
+    <|assistant|><think>Simple sum.</think>Let me check.<|tool_call|>{"name": "py",
+        "arguments": {"code": "2+2"}}<|/tool_call|><|end|>     <- (one line, no newline)
     <|tool_result|>4<|/tool_result|><|end|>
     <|assistant|>It is 4.<|end|>
     <|assistant|>                      <- generation prompt (add_generation_prompt=True)
@@ -51,8 +52,10 @@ def _content_text(content: Any, where: str) -> str:
     if isinstance(content, list):  # OpenAI content parts; only text parts exist here
         out = []
         for part in content:
-            if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(
-                part.get("text"), str
+            if (
+                isinstance(part, dict)
+                and part.get("type", "text") == "text"
+                and isinstance(part.get("text"), str)
             ):
                 out.append(part["text"])
             else:
