@@ -168,8 +168,9 @@ def test_duplicates_are_dropped_once(corpus, tmp_path):
     root, files = corpus
     rel, text = next(iter(files.items()))
     (root / "copy_of_it.py").write_text(text)
+    (root / "__init__.py").write_text("\n")
     meta = build([root], tmp_path / "out")
-    assert meta["n_duplicates"] == 1 and meta["n_documents"] == len(files)
+    assert meta["n_duplicates"] == 1 and meta["n_documents"] == len(files) and meta["n_empty"] == 1
 
 
 # -- decontamination -------------------------------------------------------------------

@@ -192,7 +192,9 @@ class Tokenizer:
     # -- decoding -------------------------------------------------------------------------
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        return self._special.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]  # numpy/torch ok
+        ids = [ids] if isinstance(ids, int) else ids
+        return self._special.decode(ids, skip_special_tokens=skip_special)
 
     @cached_property
     def _id_bytes(self) -> list[bytes]:
