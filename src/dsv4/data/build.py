@@ -42,7 +42,7 @@ from dsv4.data.sources import (
 from dsv4.data.tokenizer import MIN_VOCAB, Tokenizer
 from dsv4.errors import UserError
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # bump when the output format or meta changes: old dirs rebuild
 ENCODE_BATCH_BYTES = 4 << 20  # text per encode_batch call: big enough for Rust threads to pay off
 
 
