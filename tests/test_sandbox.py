@@ -175,8 +175,8 @@ def test_network_is_cut_unless_allowed(backend):
             c.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    code = ("import socket\ns = socket.create_connection(('127.0.0.1', %d), timeout=2)\n"
-            "print(s.recv(5).decode())" % port)
+    code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "print(s.recv(5).decode())")
     try:
         r = run_python(code, network=False, limits=FAST)
         assert r.status == "failed" and "hello" not in r.stdout

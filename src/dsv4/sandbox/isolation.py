@@ -82,7 +82,7 @@ def _detect() -> dict:
     return _detect_for(os.environ.get("DSV4_SANDBOX_BACKEND", "").strip())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _detect_for(forced: str) -> dict:
     if forced and forced not in BACKENDS:
         raise ValueError(f"DSV4_SANDBOX_BACKEND must be one of {BACKENDS}, got {forced!r}")
