@@ -258,8 +258,8 @@ def _summarize(setup: EvalSetup, rows: list[dict], out_dir: str, resumed: int, w
     return summary
 
 
-def print_summary(summary: dict, out_dir: str, file=sys.stdout) -> None:
-    p = lambda s="": print(s, file=file)
+def print_summary(summary: dict, out_dir: str, file=None) -> None:
+    p = lambda s="": print(s, file=file or sys.stdout)
     p(f"HumanEval  {summary['source']}: {summary['model']}")
     p(f"  {summary['tasks']} tasks, {summary['samples']} samples "
       f"({summary['resumed_rows']} resumed), {summary['wall_seconds']} s")
