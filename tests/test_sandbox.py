@@ -249,3 +249,13 @@ def test_capabilities_warns_once_for_missing_layers(monkeypatch, capsys):
 def test_limits_validate():
     with pytest.raises(ValueError):
         SandboxLimits(wall_seconds=0)
+
+
+def test_sandbox_and_eval_never_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, dsv4.sandbox, dsv4.eval.humaneval, dsv4.eval.sources, dsv4.cli.eval\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr

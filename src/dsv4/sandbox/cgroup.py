@@ -170,7 +170,7 @@ class RunCgroup:
                 except FileNotFoundError:
                     break
                 except OSError:
-                    time.sleep(0.005)
+                    time.sleep(0.001)
         self.dirs = {}
 
 
