@@ -12,9 +12,11 @@ Where none of this is possible, `available()` says so and the caller falls back.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import signal
+import threading
 import time
 
 _counter = itertools.count()
@@ -161,17 +163,68 @@ class RunCgroup:
             time.sleep(0.005)
 
     def close(self) -> None:
+        """Kill what is left and remove the group. rmdir stays EBUSY for a few ms after the
+        last member died; rather than wait for it here, a background thread retries."""
         self.kill_all()
+        busy = []
         for d in set(self.dirs.values()):
-            for _ in range(200):  # rmdir is EBUSY until the last zombie is reaped
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.001)
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                busy.append(d)
         self.dirs = {}
+        if busy:
+            _reaper.add(busy)
+
+
+class _Reaper:
+    """Removes emptied cgroup directories off the caller's path (and at exit)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.todo: list[tuple[str, float]] = []
+        self.thread: threading.Thread | None = None
+
+    def add(self, dirs: list[str]) -> None:
+        with self.cond:
+            self.todo += [(d, time.monotonic() + 5.0) for d in dirs]
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="dsv4-cgroup-reaper", daemon=True)
+                self.thread.start()
+                atexit.register(self.flush)
+            self.cond.notify()
+
+    def _sweep(self) -> None:
+        keep = []
+        for d, give_up in self.todo:
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if time.monotonic() < give_up:
+                    keep.append((d, give_up))
+        self.todo = keep
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.todo:
+                    self.cond.wait()
+                self._sweep()
+            time.sleep(0.01)
+
+    def flush(self) -> None:
+        with self.cond:
+            while self.todo:
+                self._sweep()
+                if self.todo:
+                    time.sleep(0.01)
+
+
+_reaper = _Reaper()
 
 
 def available() -> dict:
