@@ -256,3 +256,53 @@ def test_endpoint_unreachable_or_refusing(server, tmp_path, capsys):
 def test_ckpt_source_missing_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "humaneval", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_ckpt_source_batches_engine_calls(tmp_path, monkeypatch):
+    """The --ckpt adapter against a stand-in engine with the real engine's interface:
+    requests from the worker threads are batched, never run concurrently, and post-processed."""
+    import sys
+    import types
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class SamplingParams:
+        max_tokens: int = 64
+        temperature: float = 1.0
+        seed: int | None = None
+        stop: list = field(default_factory=list)
+
+    class Engine:
+        def __init__(self):
+            self.busy = False
+            self.batches: list[int] = []
+
+        def generate(self, prompts, params):
+            assert not self.busy, "engine used from two threads at once"
+            self.busy = True
+            time.sleep(0.05)
+            self.batches.append(len(prompts))
+            outs = []
+            for prompt, sp in zip(prompts, params, strict=True):
+                assert "\ndef " in sp.stop and sp.max_tokens == 64
+                prob = next(p for p in PROBLEMS.values() if p["prompt"] == prompt)
+                outs.append(types.SimpleNamespace(text=prob["canonical_solution"] + "\ndef junk(:\n"))
+            self.busy = False
+            return outs
+
+    engine = Engine()
+    load = types.ModuleType("dsv4.infer.load")
+    load.load_engine = lambda ckpt_dir, **kw: engine
+    sampling = types.ModuleType("dsv4.infer.sampling")
+    sampling.SamplingParams = SamplingParams
+    monkeypatch.setitem(sys.modules, "dsv4.infer", types.ModuleType("dsv4.infer"))
+    monkeypatch.setitem(sys.modules, "dsv4.infer.load", load)
+    monkeypatch.setitem(sys.modules, "dsv4.infer.sampling", sampling)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    out = tmp_path / "out"
+    assert main(["eval", "humaneval", "--ckpt", str(ckpt), "--limit", "8", "--workers", "4",
+                 "--max-new-tokens", "64", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["pass@1"] == 1.0 and s["samples"] == 8 and s["source"] == "ckpt"
+    assert sum(engine.batches) == 8 and max(engine.batches) > 1

@@ -259,3 +259,13 @@ def test_sandbox_and_eval_never_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 0, r.stderr
+
+
+def test_large_stdin_round_trip_and_errors():
+    data = "".join(f"line {i}\n" for i in range(40_000))  # ~400 KB, more than a pipe holds
+    r = run("cat", stdin=data, limits=SandboxLimits(max_output_bytes=1 << 20))
+    assert r.passed and r.stdout == data and not r.truncated
+    r = run("head -c 10 >/dev/null; echo ok", stdin=data, limits=FAST)  # stops reading early
+    assert r.passed and r.stdout == "ok\n"
+    r = run("true", cwd="/nonexistent/dir", limits=FAST)
+    assert r.status == "error" and "not a directory" in r.stderr
