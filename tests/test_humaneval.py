@@ -229,6 +229,11 @@ def test_endpoint_errors_then_resume(server, tmp_path, capsys):
     before = server.requests
     assert main(args) == 0
     assert server.requests == before and json.loads((out / "summary.json").read_text())["resumed_rows"] == 5
+    # a larger --limit reuses the 5 rows and generates only the new tasks
+    before = server.requests
+    assert main([a if a != "5" else "7" for a in args]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert server.requests - before == 2 and s["resumed_rows"] == 5 and s["tasks"] == 7
     # the same --out with other settings is refused rather than mixed
     assert main(args[:-2] + ["--temperature", "0.5", "--out", str(out)]) == 2
     assert "different run" in capsys.readouterr().err
@@ -251,6 +256,8 @@ def test_endpoint_unreachable_or_refusing(server, tmp_path, capsys):
     assert "HTTP 404" in err and re.search(r"not found", err)
     assert main(["eval", "humaneval", "--base-url", server.url, "--out", str(tmp_path / "c")]) == 2
     assert "--model" in capsys.readouterr().err
+    assert main(["eval", "humaneval", "--base-url", "localhost:8000", "--model", "m"]) == 2
+    assert "http://host:port" in capsys.readouterr().err
 
 
 def test_ckpt_source_missing_is_a_clear_error(tmp_path, capsys):

@@ -112,7 +112,9 @@ class EvalSetup:
 
     def identity(self) -> dict:
         d = asdict(self)
-        d.pop("ks")  # reporting only: changing --k must not invalidate the results
+        # Reporting and selection only: changing --k or --limit reuses the rows already scored.
+        d.pop("ks")
+        d.pop("limit")
         return d
 
 
