@@ -48,6 +48,8 @@ def test_basic_io_and_exit_codes(backend):
     assert (r.status, r.exit_code, r.stdout, r.stderr) == ("failed", 3, "out\n", "err\n")
     r = run_python("import sys; print(sys.stdin.read()[::-1])", stdin="abc", limits=FAST)
     assert (r.status, r.exit_code, r.stdout) == ("passed", 0, "cba\n")
+    r = run_python("import sys; print(any('site-packages' in p for p in sys.path))", no_site=True)
+    assert r.stdout == "False\n"
     r = run(["sh", "-c", 'echo "$0"', "x y"], limits=FAST)
     assert r.stdout == "x y\n" and r.passed
     assert run("/nonexistent/program", limits=FAST).status in ("failed", "error")

@@ -57,7 +57,9 @@ def check(problem: dict, completion: str, timeout: float) -> dict:
     """Run one completion against its tests; the row fields that describe the outcome."""
     limits = SandboxLimits(cpu_seconds=timeout, wall_seconds=timeout, memory_mb=1024,
                            max_processes=32, max_file_mb=16, max_output_bytes=4000)
-    r = run_python(program_for(problem, completion), limits=limits)
+    # HumanEval needs only the standard library: -S skips site-packages (faster, and the
+    # completion cannot reach installed packages).
+    r = run_python(program_for(problem, completion), limits=limits, no_site=True)
     row = {"passed": r.status == "passed", "status": r.status, "duration": round(r.duration, 4)}
     if r.status != "passed":
         row["stderr_tail"] = r.stderr[-500:]

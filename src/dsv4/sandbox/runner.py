@@ -219,11 +219,17 @@ _MAX_INLINE_SOURCE = 100_000
 
 def run_python(code: str, stdin: str | bytes | None = None, cwd: str | None = None,
                writable: list[str] | tuple = (), network: bool = False, env: dict | None = None,
-               limits: SandboxLimits | None = None, python: str | None = None) -> SandboxResult:
-    """Run Python source in the sandbox with `python -I` (isolated: no user site, no PYTHON* env)."""
+               limits: SandboxLimits | None = None, python: str | None = None,
+               no_site: bool = False) -> SandboxResult:
+    """Run Python source in the sandbox with `python -I` (isolated: no user site, no PYTHON* env).
+
+    no_site=True adds `-S`: only the standard library is importable, and startup is ~4x
+    faster (no site-packages scan, no .pth hooks) — right for HumanEval and RL rewards.
+    """
     exe = python or sys.executable
+    flags = ["-I", "-S"] if no_site else ["-I"]
     if len(code.encode()) <= _MAX_INLINE_SOURCE:
-        return run([exe, "-I", "-c", code], stdin=stdin, cwd=cwd, writable=writable,
+        return run([exe, *flags, "-c", code], stdin=stdin, cwd=cwd, writable=writable,
                    network=network, env=env, limits=limits)
     own = cwd is None
     d = tempfile.mkdtemp(prefix="dsv4-sbx-") if own else cwd
@@ -231,7 +237,7 @@ def run_python(code: str, stdin: str | bytes | None = None, cwd: str | None = No
     with open(path, "w") as f:
         f.write(code)
     try:
-        return run([exe, "-I", path], stdin=stdin, cwd=d, writable=writable, network=network,
+        return run([exe, *flags, path], stdin=stdin, cwd=d, writable=writable, network=network,
                    env=env, limits=limits)
     finally:
         if own:
