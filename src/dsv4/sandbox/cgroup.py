@@ -144,7 +144,8 @@ class RunCgroup:
         return sorted(out)
 
     def kill_all(self, timeout: float = 2.0) -> None:
-        """SIGKILL every member until the group is empty (new forks are caught next round)."""
+        """SIGKILL every member until the group is empty (new forks are caught next round).
+        timeout=0: one round, no waiting (when a dead pid namespace already dooms them all)."""
         if self.v2:
             try:
                 _write(os.path.join(self.dirs["pids"], "cgroup.kill"), "1")
@@ -153,19 +154,19 @@ class RunCgroup:
         deadline = time.monotonic() + timeout
         while True:
             members = self.pids()
-            if not members or time.monotonic() > deadline:
-                return
             for pid in members:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            time.sleep(0.005)
+            if not members or time.monotonic() >= deadline:
+                return
+            time.sleep(0.002)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         """Kill what is left and remove the group. rmdir stays EBUSY for a few ms after the
         last member died; rather than wait for it here, a background thread retries."""
-        self.kill_all()
+        self.kill_all(timeout=2.0 if wait else 0.0)
         busy = []
         for d in set(self.dirs.values()):
             try:

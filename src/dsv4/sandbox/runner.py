@@ -112,11 +112,13 @@ def _run_in(argv, stdin, cwd, writable, network, env, limits, caps) -> SandboxRe
     try:
         out, err, truncated, timed_out = _communicate(proc, data, limits, t0 + limits.wall_seconds)
     finally:
-        _kill_tree(proc, group)
+        _kill_tree(proc, group, wait=not isolated)
     duration = time.monotonic() - t0
     oom = group.oom_kills() if group is not None else 0
     if group is not None:
-        group.close()
+        # In a pid namespace whose init is gone the kernel kills every member, so one
+        # SIGKILL round without waiting suffices; elsewhere keep killing until empty.
+        group.close(wait=not isolated)
 
     code = proc.returncode
     sig = _signal_of(code, isolated)
@@ -192,14 +194,14 @@ def _communicate(proc, data: bytes, limits: SandboxLimits, deadline: float):
     return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), truncated, timed_out
 
 
-def _kill_tree(proc: subprocess.Popen, group: RunCgroup | None) -> None:
+def _kill_tree(proc: subprocess.Popen, group: RunCgroup | None, wait: bool = True) -> None:
     """SIGKILL the session (in a pid namespace that kills all of it), then the cgroup."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
     if group is not None:
-        group.kill_all()
+        group.kill_all(timeout=2.0 if wait else 0.0)
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
