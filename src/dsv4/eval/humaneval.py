@@ -154,7 +154,7 @@ def _load_previous(out_dir: str, setup: EvalSetup) -> list[dict]:
 
 def evaluate(setup: EvalSetup, out_dir: str, *, generator: Generator | None = None,
              samples: list[tuple[str, str]] | None = None, workers: int = 2,
-             preflight: Callable[[dict], str] | None = None, progress: bool = True) -> dict:
+             preflight: Callable[[dict], str | None] | None = None, progress: bool = True) -> dict:
     """Score every (task, sample), resuming from out_dir; returns the summary dict."""
     problems = load_problems()
     if samples is not None:

@@ -26,8 +26,10 @@ from dsv4.sandbox.limits import SandboxLimits, SandboxResult
 
 DEFAULT_LIMITS = SandboxLimits()
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Joins each cgroup given before "--", then execs the rest. 126 = "could not confine".
-_JOIN_CGROUPS = 'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
+# Joins each cgroup given before "--", then execs the rest; refuses to run unconfined.
+_JOIN_FAILED = "dsv4-sandbox: cannot join cgroup"
+_JOIN_CGROUPS = ('while [ "$1" != "--" ]; do echo $$ 2>/dev/null > "$1" || '
+                 f'{{ echo "{_JOIN_FAILED} $1" >&2; exit 126; }}; shift; done; shift; exec "$@"')
 # After the program exits, how long stragglers (outside a pid namespace) may hold our pipes.
 _EXIT_GRACE = 0.2
 
@@ -128,8 +130,8 @@ def _run_in(argv, stdin, cwd, writable, network, env, limits, caps) -> SandboxRe
         status = "timeout"
     elif oom or (code != 0 and "MemoryError" in stderr[-2000:]):
         status = "memory"
-    elif group is not None and code == 126 and not stdout and not stderr:
-        status = "error"  # could not join the cgroup
+    elif group is not None and code == 126 and stderr.startswith(_JOIN_FAILED):
+        status = "error"
     elif isolated and code == 1 and stderr.startswith(("bwrap: ", "unshare: ")):
         status = "error"  # the isolation tool itself failed
     elif code == 0:
