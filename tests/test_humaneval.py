@@ -313,3 +313,17 @@ def test_ckpt_source_batches_engine_calls(tmp_path, monkeypatch):
     s = json.loads((out / "summary.json").read_text())
     assert s["pass@1"] == 1.0 and s["samples"] == 8 and s["source"] == "ckpt"
     assert sum(engine.batches) == 8 and max(engine.batches) > 1
+
+
+def test_persistent_server_errors_become_error_rows(server, tmp_path):
+    out = tmp_path / "out"
+    args = ["eval", "humaneval", "--base-url", server.url, "--model", "fake-coder", "--limit", "2",
+            "--workers", "1", "--out", str(out)]
+    server.fail_queue = [503] * 12  # the first sample exhausts its retries twice (preflight + pool)
+    assert main(args) == 0
+    rows = {r["task_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rows["HumanEval/0"]["status"] == "error" and "HTTP 503" in rows["HumanEval/0"]["error"]
+    assert rows["HumanEval/1"]["status"] == "passed"
+    assert main(args) == 0  # the server recovered: only the failed sample is redone
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status_counts"] == {"passed": 2} and s["resumed_rows"] == 1
