@@ -64,6 +64,13 @@ def _layout() -> dict:
     if "pids" not in layout and "memory" not in layout and "unified" in mounts and "unified" in own:
         base = os.path.join(mounts["unified"], own["unified"].lstrip("/"))
         layout.update(v2=True, pids=base, memory=base)
+        try:  # children get the controllers only if our group hands them down (root may)
+            enabled = _read(os.path.join(base, "cgroup.subtree_control")).split()
+            for c in ("pids", "memory"):
+                if c not in enabled:
+                    _write(os.path.join(base, "cgroup.subtree_control"), f"+{c}")
+        except OSError:
+            pass  # not ours to change: RunCgroup then fails and the caller falls back
     _layout_cache = layout
     return layout
 
