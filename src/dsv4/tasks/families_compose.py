@@ -50,13 +50,27 @@ def _int_map(r):
 _AGGS = {  # name -> (slug, phrase, code over the kept list `v`, return type)
     "sum": ("sum", "return their sum (0 if none are left)", "return sum(v)", "int"),
     "count": ("count", "return how many there are", "return len(v)", "int"),
-    "max": ("max", "return the largest (None if none are left)", "return max(v) if v else None", "int | None"),
-    "min": ("min", "return the smallest (None if none are left)", "return min(v) if v else None", "int | None"),
+    "max": (
+        "max",
+        "return the largest (None if none are left)",
+        "return max(v) if v else None",
+        "int | None",
+    ),
+    "min": (
+        "min",
+        "return the smallest (None if none are left)",
+        "return min(v) if v else None",
+        "int | None",
+    ),
     "list": ("list", "return them as a list in their original order", "return v", "list[int]"),
     "sorted": ("sorted", "return them sorted in ascending order", "return sorted(v)", "list[int]"),
     "distinct": ("distinct", "return how many different values there are", "return len(set(v))", "int"),
-    "first": ("first", "return the first of them (None if none are left)", "return v[0] if v else None",
-              "int | None"),
+    "first": (
+        "first",
+        "return the first of them (None if none are left)",
+        "return v[0] if v else None",
+        "int | None",
+    ),
 }
 
 
@@ -68,13 +82,22 @@ def int_pipeline(r):
     agg = r.choice(sorted(_AGGS))
     aslug, aphrase, acode, ret = _AGGS[agg]
     name = "_".join(p for p in (aslug, mslug, fslug) if p)
-    doc = f"Take the numbers in nums that {fphrase}" + (f", {mphrase}" if use_map else "") + f", and {aphrase}."
+    doc = (
+        f"Take the numbers in nums that {fphrase}" + (f", {mphrase}" if use_map else "") + f", and {aphrase}."
+    )
     body = f"v = [{mcode} for x in nums if {fcode}]\n{acode}"
     plan = f"Filter with `{fcode}`" + (f", map with `{mcode}`" if use_map else "") + f", then `{acode}`."
     return Spec(
-        params={**fp, **mp, "agg": agg}, name=name, args=[("nums", "list[int]")], returns=ret, doc=doc,
-        body=body, gen=lambda r: (ints(r, -9, 15, 0, 9),), edge=[([],)],
-        difficulty=2 + use_map, plan=plan,
+        params={**fp, **mp, "agg": agg},
+        name=name,
+        args=[("nums", "list[int]")],
+        returns=ret,
+        doc=doc,
+        body=body,
+        gen=lambda r: (ints(r, -9, 15, 0, 9),),
+        edge=[([],)],
+        difficulty=2 + use_map,
+        plan=plan,
     )
 
 
@@ -91,8 +114,11 @@ def _word_filter(r):
         "starts": (f"from_{ch}", f"that start with {ch!r} (lowercase only)", f"w.startswith({ch!r})"),
         "contains": (f"with_{ch}", f"that contain the letter {ch!r}", f"{ch!r} in w"),
         "all": ("", "", "True"),
-    }[kind], {"wfilter": kind, "k": k if kind in ("longer", "shorter") else None,
-              "ch": ch if kind in ("starts", "contains") else None}
+    }[kind], {
+        "wfilter": kind,
+        "k": k if kind in ("longer", "shorter") else None,
+        "ch": ch if kind in ("starts", "contains") else None,
+    }
 
 
 _WORD_MAPS = {
@@ -127,8 +153,14 @@ def word_pipeline(r):
     name = "words_" + "_".join(p for p in (fslug, mslug, jslug) if p)
     body = f"v = [{mcode} for w in sentence.split() if {fcode}]\n{jcode}"
     return Spec(
-        params={**fp, "wmap": m, "join": j}, name=name, args=[("sentence", "str")], returns=ret, doc=doc,
-        body=body, gen=lambda r: (sentence(r, 0, 6, caps=False),), edge=[("",)],
+        params={**fp, "wmap": m, "join": j},
+        name=name,
+        args=[("sentence", "str")],
+        returns=ret,
+        doc=doc,
+        body=body,
+        gen=lambda r: (sentence(r, 0, 6, caps=False),),
+        edge=[("",)],
         difficulty=1 + bool(fphrase) + bool(mphrase),
         plan=f"Split the sentence, keep words where `{fcode}`, map with `{mcode}`, then `{jcode}`.",
     )
@@ -143,16 +175,26 @@ def sort_take(r):
     order = r.choice(["largest", "smallest"])
     agg = r.choice(["sum", "list", "product"])
     rev = ", reverse=True" if order == "largest" else ""
-    code = {"sum": "return sum(v)", "list": "return v",
-            "product": "p = 1\nfor x in v:\n    p *= x\nreturn p"}[agg]
-    phrase = {"sum": "return their sum", "list": "return them in that order",
-              "product": "return their product (1 if there are none)"}[agg]
+    code = {
+        "sum": "return sum(v)",
+        "list": "return v",
+        "product": "p = 1\nfor x in v:\n    p *= x\nreturn p",
+    }[agg]
+    phrase = {
+        "sum": "return their sum",
+        "list": "return them in that order",
+        "product": "return their product (1 if there are none)",
+    }[agg]
     return Spec(
-        params={"k": k, "order": order, "agg": agg}, name=f"{agg}_of_{order}_{k}", args=[("nums", "list[int]")],
+        params={"k": k, "order": order, "agg": agg},
+        name=f"{agg}_of_{order}_{k}",
+        args=[("nums", "list[int]")],
         returns="list[int]" if agg == "list" else "int",
         doc=f"Sort nums from {order} to {'smallest' if order == 'largest' else 'largest'}, take the first "
         f"{k} values (all of them if there are fewer), and {phrase}.",
-        body=f"v = sorted(nums{rev})[:{k}]\n{code}", gen=lambda r: (ints(r, -5, 12, 0, 7),), edge=[([],)],
+        body=f"v = sorted(nums{rev})[:{k}]\n{code}",
+        gen=lambda r: (ints(r, -5, 12, 0, 7),),
+        edge=[([],)],
         difficulty=2 if agg != "product" else 3,
         plan="Sort in the right direction, slice the first few, then aggregate.",
     )
@@ -167,7 +209,8 @@ def frequent_words(r):
     out = r.choice(["sorted", "by_count", "count"])
     code = {
         "sorted": f"return sorted(w for w, c in counts.items() if c >= {k})",
-        "by_count": f"return sorted((w for w, c in counts.items() if c >= {k}), key=lambda w: (-counts[w], w))",
+        "by_count": f"keep = [w for w, c in counts.items() if c >= {k}]\n"
+        "return sorted(keep, key=lambda w: (-counts[w], w))",
         "count": f"return sum(1 for c in counts.values() if c >= {k})",
     }[out]
     phrase = {
@@ -176,12 +219,18 @@ def frequent_words(r):
         "count": "return how many such distinct words there are",
     }[out]
     return Spec(
-        params={"k": k, "out": out}, name=f"words_seen_{k}_times_{out}", args=[("sentence", "str")],
+        params={"k": k, "out": out},
+        name=f"words_seen_{k}_times_{out}",
+        args=[("sentence", "str")],
         returns="int" if out == "count" else "list[str]",
         doc=f"Count how often each lowercase-folded, space-separated word occurs in sentence, keep the "
         f"words that occur at least {k} times, and {phrase}.",
-        body=f"counts = {{}}\nfor w in sentence.lower().split():\n    counts[w] = counts.get(w, 0) + 1\n{code}",
-        gen=lambda r: (" ".join(r.choice(["Ant", "bee", "cat", "dog", "ant", "emu"]) for _ in range(r.randint(0, 9))),),
-        edge=[("",)], difficulty=3 if out == "by_count" else 2 + (k > 1),
+        body="counts = {}\nfor w in sentence.lower().split():\n"
+        f"    counts[w] = counts.get(w, 0) + 1\n{code}",
+        gen=lambda r: (
+            " ".join(r.choice(["Ant", "bee", "cat", "dog", "ant", "emu"]) for _ in range(r.randint(0, 9))),
+        ),
+        edge=[("",)],
+        difficulty=3 if out == "by_count" else 2 + (k > 1),
         plan="Tally words in a dict, filter by the threshold, then format the answer.",
     )

@@ -24,7 +24,7 @@ def rotate_list(r):
         gen=lambda r: (ints(r, 0, 9),),
         edge=[([],), ([5],)],
         difficulty=2,
-        plan=f"Reduce the shift modulo the length and concatenate two slices.",
+        plan="Reduce the shift modulo the length and concatenate two slices.",
     )
 
 
@@ -164,7 +164,8 @@ def pair_sum_count(r):
         args=NUMS,
         returns="int",
         doc=f"Count the index pairs (i, j) with i < j such that nums[i] + nums[j] == {t}.",
-        body=f"n = len(nums)\nreturn sum(1 for i in range(n) for j in range(i + 1, n) if nums[i] + nums[j] == {t})",
+        body="n = len(nums)\nreturn sum(\n    1 for i in range(n) for j in range(i + 1, n)\n"
+        f"    if nums[i] + nums[j] == {t}\n)",
         gen=lambda r: (ints(r, 0, t, 0, 8),),
         edge=[([],)],
         difficulty=2,
@@ -213,17 +214,25 @@ def flatten(r):
     mode = r.choice(["plain", "skip_empty_count"])
     if mode == "plain":
         return Spec(
-            params={"mode": mode}, name="flatten_once", args=[("rows", "list[list[int]]")],
-            returns="list[int]", doc="Concatenate the inner lists of rows into one flat list.",
+            params={"mode": mode},
+            name="flatten_once",
+            args=[("rows", "list[list[int]]")],
+            returns="list[int]",
+            doc="Concatenate the inner lists of rows into one flat list.",
             body="return [x for row in rows for x in row]",
-            gen=lambda r: ([ints(r, 0, 9, 0, 3) for _ in range(r.randint(0, 4))],), edge=[([],)],
+            gen=lambda r: ([ints(r, 0, 9, 0, 3) for _ in range(r.randint(0, 4))],),
+            edge=[([],)],
             plan="Loop over the rows and then over each row's elements.",
         )
     return Spec(
-        params={"mode": mode}, name="count_nonempty_rows", args=[("rows", "list[list[int]]")],
-        returns="int", doc="Return how many of the inner lists of rows are not empty.",
+        params={"mode": mode},
+        name="count_nonempty_rows",
+        args=[("rows", "list[list[int]]")],
+        returns="int",
+        doc="Return how many of the inner lists of rows are not empty.",
         body="return sum(1 for row in rows if row)",
-        gen=lambda r: ([ints(r, 0, 9, 0, 2) for _ in range(r.randint(0, 5))],), edge=[([],)],
+        gen=lambda r: ([ints(r, 0, 9, 0, 2) for _ in range(r.randint(0, 5))],),
+        edge=[([],)],
         plan="Count the rows that have at least one element.",
     )
 
@@ -266,9 +275,14 @@ def indices_of(r):
         gen = lambda r: (ints(r, -6, 9),)
         edge = [([],)]
     return Spec(
-        params={"kind": kind}, name=f"indices_{kind}", args=args, returns="list[int]",
+        params={"kind": kind},
+        name=f"indices_{kind}",
+        args=args,
+        returns="list[int]",
         doc=f"Return the positions (0-based, ascending) of the elements of nums that are {phrase}.",
-        body=f"return [i for i, x in enumerate(nums) if {cond}]", gen=gen, edge=edge,
+        body=f"return [i for i, x in enumerate(nums) if {cond}]",
+        gen=gen,
+        edge=edge,
         plan="Enumerate the list and keep the index of each matching element.",
     )
 

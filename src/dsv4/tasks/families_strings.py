@@ -96,8 +96,7 @@ def palindrome(r):
         "exact": "Return True if s reads the same forwards and backwards, else False.",
         "nocase": "Return True if s reads the same forwards and backwards when case is ignored.",
         "alnum": (
-            "Return True if s is a palindrome when only its letters and digits are kept and "
-            "case is ignored."
+            "Return True if s is a palindrome when only its letters and digits are kept and case is ignored."
         ),
     }[mode]
     body = {
@@ -117,8 +116,15 @@ def palindrome(r):
         return (s,)
 
     return Spec(
-        params={"mode": mode}, name=f"is_palindrome_{mode}", args=[("s", "str")], returns="bool",
-        doc=doc, body=body, gen=gen, edge=[("",)], difficulty=1 if mode == "exact" else 2,
+        params={"mode": mode},
+        name=f"is_palindrome_{mode}",
+        args=[("s", "str")],
+        returns="bool",
+        doc=doc,
+        body=body,
+        gen=gen,
+        edge=[("",)],
+        difficulty=1 if mode == "exact" else 2,
         plan="Normalise the string as described, then compare it with its reverse.",
     )
 
@@ -142,8 +148,14 @@ def case_transform(r):
         "first_upper": "return s[:1].upper() + s[1:].lower()",
     }[mode]
     return Spec(
-        params={"mode": mode}, name=f"{mode}_case", args=[("s", "str")], returns="str", doc=doc,
-        body=body, gen=lambda r: (sentence(r, 0, 4),), edge=[("",)],
+        params={"mode": mode},
+        name=f"{mode}_case",
+        args=[("s", "str")],
+        returns="str",
+        doc=doc,
+        body=body,
+        gen=lambda r: (sentence(r, 0, 4),),
+        edge=[("",)],
         difficulty=1 if mode in ("swap", "first_upper") else 2,
         plan="Go through the characters (or words) and change their case as asked.",
     )
@@ -247,7 +259,8 @@ def longest_word(r):
         gen=lambda r: (sentence(r, 0, 6, caps=False),),
         edge=[("",)],
         difficulty=2,
-        plan=f"Keep the best word so far and replace it when a word is {'longer' if tie == 'first' else 'at least as long'}.",
+        plan="Keep the best word so far and replace it when a word is "
+        + ("longer." if tie == "first" else "at least as long."),
     )
 
 
@@ -296,7 +309,8 @@ def balanced_brackets(r):
     opens, closes = pairs[0::2], pairs[1::2]
     return Spec(
         params={"pairs": pairs},
-        name="balanced_" + "".join({"(": "round", "[": "square", "{": "curly", "<": "angle"}[o] for o in opens),
+        name="balanced_"
+        + "".join({"(": "round", "[": "square", "{": "curly", "<": "angle"}[o] for o in opens),
         args=[("s", "str")],
         returns="bool",
         doc=f"Return True if the brackets {' '.join(opens[i] + closes[i] for i in range(len(opens)))} "
@@ -325,8 +339,15 @@ def dedupe_chars(r):
         "        out.append(c)\nreturn ''.join(out)",
     }[mode]
     return Spec(
-        params={"mode": mode}, name=f"dedupe_{mode}", args=[("s", "str")], returns="str", doc=doc,
-        body=body, gen=lambda r: (text(r, "aabbcd", 0, 12),), edge=[("",)], difficulty=2,
+        params={"mode": mode},
+        name=f"dedupe_{mode}",
+        args=[("s", "str")],
+        returns="str",
+        doc=doc,
+        body=body,
+        gen=lambda r: (text(r, "aabbcd", 0, 12),),
+        edge=[("",)],
+        difficulty=2,
         plan="Build the output one character at a time, skipping the ones that repeat.",
     )
 
@@ -341,8 +362,11 @@ def interleave(r):
         args=[("a", "str"), ("b", "str")],
         returns="str",
         doc="Merge a and b by alternating their characters, starting with a. "
-        + ("Leftover characters of the longer string go at the end." if rest == "append"
-           else "Stop when the shorter string runs out."),
+        + (
+            "Leftover characters of the longer string go at the end."
+            if rest == "append"
+            else "Stop when the shorter string runs out."
+        ),
         body=f"n = min(len(a), len(b))\nout = [a[i] + b[i] for i in range(n)]\n{tail}return ''.join(out)",
         gen=lambda r: (text(r, "abcd", 0, 5), text(r, "WXYZ", 0, 5)),
         edge=[("", "xy")],

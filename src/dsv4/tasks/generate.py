@@ -26,9 +26,14 @@ def split_of(family: str, params: dict) -> str:
     return "heldout" if h % 1000 < HELDOUT_PER_MILLE else "train"
 
 
-def iter_tasks(split: str = "train", seed: int = 0, families: list[str] | None = None,
-               difficulty: tuple[int, int] | None = None, unique: bool = True,
-               max_tries: int = 200) -> Iterator[Task]:
+def iter_tasks(
+    split: str = "train",
+    seed: int = 0,
+    families: list[str] | None = None,
+    difficulty: tuple[int, int] | None = None,
+    unique: bool = True,
+    max_tries: int = 200,
+) -> Iterator[Task]:
     """An endless stream of tasks of one split; stops early when the space looks exhausted.
 
     Families are drawn uniformly (each draw then draws its own parameters), so small

@@ -169,4 +169,3 @@ def build_task(family: str, spec: Spec, split: str, n_tests: int = 8, n_examples
         source="generated",
         split=split,
     )
-
