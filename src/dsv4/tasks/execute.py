@@ -16,8 +16,9 @@ from dsv4.tasks import harness
 from dsv4.tasks.task import TestCase
 
 # A small generated task runs in milliseconds; these are generous but keep RL moving.
-TEST_LIMITS = SandboxLimits(cpu_seconds=5, wall_seconds=10, memory_mb=512, max_processes=16,
-                            max_file_mb=8, max_output_bytes=64_000)
+TEST_LIMITS = SandboxLimits(
+    cpu_seconds=5, wall_seconds=10, memory_mb=512, max_processes=16, max_file_mb=8, max_output_bytes=64_000
+)
 
 
 @dataclass
@@ -62,8 +63,13 @@ def run_tests(program: str, tests: tuple[TestCase, ...], limits: SandboxLimits |
     return _run([(program, tuple(tests))], limits or TEST_LIMITS)[0]
 
 
-def run_many(units: list[tuple[str, tuple[TestCase, ...]]], batch: int = 32, workers: int | None = None,
-             limits: SandboxLimits | None = None, pool: SandboxPool | None = None) -> list[TestRun]:
+def run_many(
+    units: list[tuple[str, tuple[TestCase, ...]]],
+    batch: int = 32,
+    workers: int | None = None,
+    limits: SandboxLimits | None = None,
+    pool: SandboxPool | None = None,
+) -> list[TestRun]:
     """Run many (program, tests) units, `batch` per sandboxed process, in parallel."""
     limits = limits or TEST_LIMITS
     chunks = [units[i : i + batch] for i in range(0, len(units), max(1, batch))]

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from dsv4.data import specials as S
 from dsv4.data.chat import parse_assistant
-from dsv4.eval.postprocess import STOP_SEQUENCES, completion_from_chat, truncate_at_stops
 from dsv4.errors import UserError
+from dsv4.eval.postprocess import STOP_SEQUENCES, completion_from_chat, truncate_at_stops
 from dsv4.sandbox import SandboxLimits, SandboxPool
 from dsv4.tasks.execute import TEST_LIMITS, TestRun, run_tests
 from dsv4.tasks.task import Task
@@ -121,8 +121,17 @@ def _accuracy(run: TestRun, cfg: RewardConfig) -> float:
 def _combine(run: TestRun, format_ok: bool, cfg: RewardConfig) -> RewardResult:
     acc = _accuracy(run, cfg)
     total = acc + (cfg.format_weight if cfg.think and format_ok else 0.0)
-    return RewardResult(total, run.status == "passed", run.status, format_ok, acc, run.n_passed,
-                        run.n_tests, run.duration, run.detail)
+    return RewardResult(
+        total,
+        run.status == "passed",
+        run.status,
+        format_ok,
+        acc,
+        run.n_passed,
+        run.n_tests,
+        run.duration,
+        run.detail,
+    )
 
 
 def reward(task: Task, completion: str, cfg: RewardConfig | None = None) -> RewardResult:
@@ -135,8 +144,13 @@ def reward(task: Task, completion: str, cfg: RewardConfig | None = None) -> Rewa
     return _combine(run_tests(program, task.tests, cfg.limits), fmt, cfg)
 
 
-def score_batch(tasks: list[Task], completions: list[str], cfg: RewardConfig | None = None,
-                pool: SandboxPool | None = None, workers: int | None = None) -> list[RewardResult]:
+def score_batch(
+    tasks: list[Task],
+    completions: list[str],
+    cfg: RewardConfig | None = None,
+    pool: SandboxPool | None = None,
+    workers: int | None = None,
+) -> list[RewardResult]:
     """Score completions[i] against tasks[i] in parallel (repeat a task G times for GRPO)."""
     if len(tasks) != len(completions):
         raise UserError(f"{len(tasks)} tasks but {len(completions)} completions")
@@ -144,7 +158,9 @@ def score_batch(tasks: list[Task], completions: list[str], cfg: RewardConfig | N
     own = pool is None
     pool = pool or SandboxPool(workers)
     try:
-        return pool.map([(lambda t=t, c=c: reward(t, c, cfg)) for t, c in zip(tasks, completions, strict=True)])
+        return pool.map(
+            [(lambda t=t, c=c: reward(t, c, cfg)) for t, c in zip(tasks, completions, strict=True)]
+        )
     finally:
         if own:
             pool.close()
