@@ -146,7 +146,8 @@ def build_task(family: str, spec: Spec, split: str, n_tests: int = 8, n_examples
         cases.append((args, ref(*copy.deepcopy(args))))
 
     for _ in range(n_examples):
-        add(spec.gen(rng))
+        # Worked examples should show something: the longest of a few draws.
+        add(max((spec.gen(rng) for _ in range(3)), key=lambda a: len(repr(a))))
     for args in spec.edge:
         add(args)
     tries = 0
