@@ -108,11 +108,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def _mine(args: argparse.Namespace) -> int:
     import collections
-    import json
     import time
 
-    from dsv4.data.atomic import atomic_write_text
     from dsv4.tasks.mine import mine_doctests
+    from dsv4.tasks.task import save_tasks
 
     t0 = time.monotonic()
     tasks = mine_doctests(args.paths or _stdlib(), workers=args.workers)
@@ -122,6 +121,6 @@ def _mine(args: argparse.Namespace) -> int:
         f"in {time.monotonic() - t0:.1f}s"
     )
     if args.out:
-        atomic_write_text(args.out, "".join(json.dumps(t.to_dict()) + "\n" for t in tasks))
+        save_tasks(args.out, tasks)
         print(f"wrote {args.out}")
     return 0

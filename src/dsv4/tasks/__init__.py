@@ -11,6 +11,16 @@ tests assert that no prompt shares a 13-gram with it. No torch here.
 
 from dsv4.tasks.generate import SPLITS, generate_tasks, iter_tasks, split_of
 from dsv4.tasks.registry import FAMILIES
-from dsv4.tasks.task import Task, TestCase
+from dsv4.tasks.task import Task, TestCase, load_tasks, save_tasks
 
-__all__ = ["FAMILIES", "SPLITS", "Task", "TestCase", "generate_tasks", "iter_tasks", "split_of"]
+__all__ = [
+    "FAMILIES",
+    "SPLITS",
+    "Task",
+    "TestCase",
+    "generate_tasks",
+    "iter_tasks",
+    "load_tasks",
+    "save_tasks",
+    "split_of",
+]

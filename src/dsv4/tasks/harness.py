@@ -31,15 +31,18 @@ from dsv4.tasks.task import TestCase
 
 _HARNESS = r"""
 import sys as _sys, os as _os
-import ast as _ast, doctest as _doctest, io as _io, json as _json, math as _math
+import ast as _ast, json as _json, math as _math
+# doctest (heavy-ish) only when some unit has doctest-kind tests (mined tasks).
+_doctest = __import__("doctest") if any(t[2] == "doctest" for _, ts in _UNITS for t in ts) else None
+_DT = (_doctest.DocTestParser, _doctest.DocTestRunner, _doctest.DocTest,
+       _doctest.NORMALIZE_WHITESPACE) if _doctest else None
 
 def _run_units(_units, _nonce, _out=_sys.stdout, _literal_eval=_ast.literal_eval, _type=type,
                _len=len, _isinstance=isinstance, _abs=abs, _zip=zip, _sorted=sorted, _repr=repr,
                _exit=_os._exit, _dumps=_json.dumps, _BaseException=BaseException, _eval=eval,
                _compile=compile, _exec=exec, _dict=dict, _list=list, _tuple=tuple, _float=float,
                _set=set, _frozenset=frozenset, _str=str, _isfinite=_math.isfinite,
-               _Parser=_doctest.DocTestParser, _Runner=_doctest.DocTestRunner, _DocTest=_doctest.DocTest,
-               _flags=_doctest.NORMALIZE_WHITESPACE, _all=all, _max=max):
+               _dt=_DT, _all=all, _max=max):
     try:
         _sys.stdin.close()  # the nonce line was read; candidates get EOF, not the nonce
     except _BaseException:
@@ -66,7 +69,7 @@ def _run_units(_units, _nonce, _out=_sys.stdout, _literal_eval=_ast.literal_eval
         return a == b
 
     results = []
-    parser = _Parser()
+    parser = _dt[0]() if _dt else None
     for program, tests in _units:
         ns = {"__name__": "__candidate__", "__builtins__": __builtins__}
         res = {"passed": 0, "total": _len(tests), "error": None, "loaded": False}
@@ -91,9 +94,9 @@ def _run_units(_units, _nonce, _out=_sys.stdout, _literal_eval=_ast.literal_eval
                     res["error"] = _type(e).__name__ + ": " + _str(e)[:300]
             res["passed"] += bool(ok)
         if doc_examples:
-            runner = _Runner(verbose=False, optionflags=_flags)
+            runner = _dt[1](verbose=False, optionflags=_dt[3])
             try:
-                failed, attempted = runner.run(_DocTest(doc_examples, ns, "candidate", None, 0, None),
+                failed, attempted = runner.run(_dt[2](doc_examples, ns, "candidate", None, 0, None),
                                                out=lambda s: None, clear_globs=False)
                 res["passed"] += attempted - failed
             except _BaseException as e:

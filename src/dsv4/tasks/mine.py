@@ -22,22 +22,21 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from dsv4.data.sources import resolve_sources
 from dsv4.tasks.execute import run_many
 from dsv4.tasks.generate import split_of
 from dsv4.tasks.task import Task, TestCase
 
 _BUILTINS = set(dir(builtins)) | {"__name__", "__file__", "__doc__"}
 MAX_BODY_LINES = 60
+MAX_HELPER_LINES = 80
 
 
 def _py_files(paths: Iterable[str | Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*.py") if q.is_file()))
-        elif p.suffix == ".py" and p.is_file():
-            out.append(p)
-    return out
+    """The .py files the corpus would read from these sources (same walking rules)."""
+    files = [sf.path for sf in resolve_sources([str(p) for p in paths]) if sf.path.suffix == ".py"]
+    # Test suites' doctests test the test machinery (doctest itself), not a function.
+    return [f for f in files if not f.name.startswith("test_") and not {"test", "tests"} & set(f.parts[:-1])]
 
 
 def _names(node: ast.AST) -> tuple[set[str], set[str]]:
@@ -75,7 +74,47 @@ def _module_imports(tree: ast.Module, src: str) -> dict[str, str]:
     return out
 
 
-def _candidate(fn: ast.FunctionDef, lines: list[str], imports: dict[str, str], path: Path) -> Task | None:
+def _module_defs(tree: ast.Module) -> dict[str, ast.stmt]:
+    """Name -> the module-level def/class or single-name assignment that binds it."""
+    out: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            out[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if len(targets) == 1 and isinstance(targets[0], ast.Name) and node.value is not None:
+                out[targets[0].id] = node
+    return out
+
+
+def _closure(free: set[str], imports: dict[str, str], defs: dict[str, ast.stmt]):
+    """The imports and module-level helpers that make `free` names resolvable, or None.
+
+    Helpers are followed transitively (a helper's own free names must resolve too) and
+    returned in file order, so definitions come before the code that uses them.
+    """
+    need_imports: set[str] = set()
+    helpers: dict[str, ast.stmt] = {}
+    todo = sorted(free)
+    while todo:
+        name = todo.pop()
+        if name in need_imports or name in helpers:
+            continue
+        if name in imports:
+            need_imports.add(name)
+        elif name in defs:
+            node = defs[name]
+            helpers[name] = node
+            read, bound = _names(node)
+            todo.extend(sorted(read - bound - _BUILTINS - {name}))
+        else:
+            return None
+    return need_imports, sorted(helpers.values(), key=lambda n: n.lineno)
+
+
+def _candidate(
+    fn: ast.FunctionDef, lines: list[str], imports: dict[str, str], defs: dict[str, ast.stmt], path: Path
+) -> Task | None:
     doc = ast.get_docstring(fn, clean=True)
     if not doc or fn.decorator_list or len(fn.body) < 2:
         return None
@@ -99,13 +138,18 @@ def _candidate(fn: ast.FunctionDef, lines: list[str], imports: dict[str, str], p
         read |= r
         bound |= b
     free = read - bound - _BUILTINS
-    if not free <= set(imports):
+    closure = _closure(free, imports, {k: v for k, v in defs.items() if v is not fn})
+    if closure is None:
         return None
+    need_imports, helpers = closure
     body_start, end = fn.body[0].end_lineno, fn.end_lineno
     if end - body_start > MAX_BODY_LINES or fn.col_offset != 0:
         return None
-    header = "".join(imports[n] + "\n" for n in sorted(free))
-    prompt = (header + "\n\n" if header else "") + "".join(lines[fn.lineno - 1 : body_start])
+    if sum(h.end_lineno - h.lineno + 1 for h in helpers) > MAX_HELPER_LINES:
+        return None
+    header = "".join(imports[n] + "\n" for n in sorted(need_imports))
+    header += "".join("\n\n" + "".join(lines[_first_line(h) - 1 : h.end_lineno]) for h in helpers)
+    prompt = (header.strip("\n") + "\n\n\n" if header else "") + "".join(lines[fn.lineno - 1 : body_start])
     solution = "".join(lines[body_start:end])
     if not prompt.endswith("\n"):
         return None
@@ -128,20 +172,28 @@ def _candidate(fn: ast.FunctionDef, lines: list[str], imports: dict[str, str], p
     )
 
 
+def _first_line(node: ast.stmt) -> int:
+    decos = getattr(node, "decorator_list", [])
+    return min([node.lineno] + [d.lineno for d in decos])
+
+
 def find_candidates(paths: Iterable[str | Path]) -> list[Task]:
     """Statically self-contained doctested functions (not yet validated)."""
     out: list[Task] = []
     for path in _py_files(paths):
         try:
             src = path.read_text(encoding="utf-8")
+            if ">>>" not in src:  # most files: no doctest at all, skip the parse
+                continue
             tree = ast.parse(src)
         except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
             continue
         lines = src.splitlines(keepends=True)
         imports = _module_imports(tree, src)
+        defs = _module_defs(tree)
         for node in tree.body:
             if isinstance(node, ast.FunctionDef):
-                task = _candidate(node, lines, imports, path)
+                task = _candidate(node, lines, imports, defs, path)
                 if task is not None:
                     out.append(task)
     return out

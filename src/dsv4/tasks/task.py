@@ -80,6 +80,31 @@ class Task:
         return cls(**d)
 
 
+def save_tasks(path, tasks: list[Task]) -> None:
+    """Write tasks as JSON lines (atomically)."""
+    from dsv4.data.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(t.to_dict()) + "\n" for t in tasks))
+
+
+def load_tasks(path) -> list[Task]:
+    """Read tasks written by `save_tasks` (or `dsv4 tasks mine --out`)."""
+    from dsv4.errors import UserError
+
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        out.append(Task.from_dict(json.loads(line)))
+                    except (json.JSONDecodeError, TypeError, KeyError) as e:
+                        raise UserError(f"{path}:{i}: not a task record ({e})") from None
+    except OSError as e:
+        raise UserError(f"cannot read tasks from {path}: {e.strerror}") from None
+    return out
+
+
 @dataclass
 class Spec:
     """What a family returns for one parameter draw."""
