@@ -191,6 +191,11 @@ def test_score_batch_order_and_mismatch(task):
     comps = [fenced(correct_fn(task)), with_body(task, "return []"), fenced(correct_fn(task))]
     res = score_batch([task] * 3, comps, CHAT, workers=2)
     assert [r.passed for r in res] == [True, False, True]
+    # shared interpreters give the same verdicts, also when one completion kills its batch
+    comps += ["I give up.", with_body(task, "import os\nos._exit(0)"), fenced(correct_fn(task))]
+    res = score_batch([task] * 6, comps, CHAT, workers=2, batch=3)
+    assert [r.status for r in res] == ["passed", "failed", "passed", "no_code", "crashed", "passed"]
+    assert [r.reward for r in res] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
     from dsv4.errors import UserError
 
     with pytest.raises(UserError):

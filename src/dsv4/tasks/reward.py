@@ -25,7 +25,7 @@ from dsv4.data.chat import parse_assistant
 from dsv4.errors import UserError
 from dsv4.eval.postprocess import STOP_SEQUENCES, completion_from_chat, truncate_at_stops
 from dsv4.sandbox import SandboxLimits, SandboxPool
-from dsv4.tasks.execute import TEST_LIMITS, TestRun, run_tests
+from dsv4.tasks.execute import TEST_LIMITS, TestRun, run_many, run_tests
 from dsv4.tasks.task import Task
 
 STYLES = ("chat", "completion")
@@ -150,17 +150,39 @@ def score_batch(
     cfg: RewardConfig | None = None,
     pool: SandboxPool | None = None,
     workers: int | None = None,
+    batch: int = 1,
 ) -> list[RewardResult]:
-    """Score completions[i] against tasks[i] in parallel (repeat a task G times for GRPO)."""
+    """Score completions[i] against tasks[i] in parallel (repeat a task G times for GRPO).
+
+    batch=1 (default): every completion in its own sandboxed interpreter, fully isolated.
+    batch=k: k completions share one interpreter (each in its own namespace; a batch that
+    dies is re-run one by one), several times faster on small tasks, at a cost: one
+    completion that patches builtins or modules can make a later one in its batch fail.
+    """
     if len(tasks) != len(completions):
         raise UserError(f"{len(tasks)} tasks but {len(completions)} completions")
+    if batch < 1:
+        raise UserError(f"batch must be >= 1, got {batch}")
     cfg = cfg or RewardConfig()
+    fmts = [think_format_ok(c, cfg.style) if cfg.think else True for c in completions]
+    progs = [
+        extract_code(c, t.prompt, cfg.style, t.entry_point) for t, c in zip(tasks, completions, strict=True)
+    ]
+    todo = [i for i, p in enumerate(progs) if p]
     own = pool is None
     pool = pool or SandboxPool(workers)
     try:
-        return pool.map(
-            [(lambda t=t, c=c: reward(t, c, cfg)) for t, c in zip(tasks, completions, strict=True)]
-        )
+        if batch == 1:
+            runs = pool.map([(lambda i=i: run_tests(progs[i], tasks[i].tests, cfg.limits)) for i in todo])
+        else:
+            units = [(progs[i], tasks[i].tests) for i in todo]
+            runs = run_many(units, batch=batch, limits=cfg.limits, pool=pool)
     finally:
         if own:
             pool.close()
+    by_index = dict(zip(todo, runs, strict=True))
+    out = []
+    for i, t in enumerate(tasks):
+        run = by_index.get(i) or TestRun("no_code", 0, len(t.tests), 0.0)
+        out.append(_combine(run, fmts[i], cfg))
+    return out
