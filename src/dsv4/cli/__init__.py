@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "dsv4.cli.model",
     "dsv4.cli.data",
     "dsv4.cli.eval",
+    "dsv4.cli.tasks",
 ]
 
 
