@@ -388,3 +388,37 @@ def test_ctrl_c_leaves_session_resumable(repo, lic_env):
     assert p2.returncode == 0 and last_json(p2.stdout)["final"] == "resumed fine"
     roles = [m["role"] for m in srv.requests[0]["messages"]]
     assert roles == ["system", "user", "assistant", "tool", "user"]
+
+
+def test_full_auto_shell_is_sandboxed_to_the_workspace(repo, lic_env, capsys):
+    outside = lic_env / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("precious\n")
+    (repo / "scratch.txt").write_text("temp\n")
+    steps = [
+        {
+            "tool_calls": [
+                call(
+                    "run_shell",
+                    {
+                        "command": f"rm -rf {outside}; echo pwned > {outside}/new.txt; rm -f ../outside/keep.txt"
+                    },
+                ),
+                call(
+                    "run_shell",
+                    {"command": "rm scratch.txt && echo made > made.txt && cat made.txt", "timeout": 20},
+                ),
+                call("run_shell", {"command": "python -c 'import sys; sys.exit(3)'"}),
+            ]
+        },
+        {"content": "done"},
+    ]
+    with ScriptedServer(steps) as srv:
+        rc, res, _ = lic(capsys, srv, repo)
+    assert rc == 0
+    results = tool_messages(srv.requests[1])
+    assert (outside / "keep.txt").read_text() == "precious\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert results[1].startswith("exit code 0") and "made" in results[1]
+    assert not (repo / "scratch.txt").exists() and (repo / "made.txt").read_text() == "made\n"
+    assert results[2].startswith("exit code 3")
