@@ -401,7 +401,8 @@ def test_full_auto_shell_is_sandboxed_to_the_workspace(repo, lic_env, capsys):
                 call(
                     "run_shell",
                     {
-                        "command": f"rm -rf {outside}; echo pwned > {outside}/new.txt; rm -f ../outside/keep.txt"
+                        "command": f"rm -rf {outside}; echo pwned > {outside}/new.txt; "
+                        "rm -f ../outside/keep.txt"
                     },
                 ),
                 call(
