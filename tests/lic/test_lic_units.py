@@ -264,3 +264,19 @@ def test_find_cut_keeps_tool_results_with_their_call():
         cut = find_cut(msgs, keep)
         assert msgs[cut]["role"] != "tool"
     assert json.dumps(msgs)  # untouched
+
+
+def test_headless_path_imports_nothing_heavy():
+    """`lic -p` must start fast: no torch, no UI libraries, no openai/httpx on the way."""
+    import subprocess
+    import sys
+
+    from lichelp import SRC
+
+    code = ("import sys; import dsv4.lic.cli, dsv4.lic.app, dsv4.lic.output, dsv4.lic.provider;"
+            "print(sorted(m for m in ('torch', 'rich', 'prompt_toolkit', 'openai', 'httpx', 'numpy')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             return list_sessions(args)
         if args.task is not None:
             return headless(args)
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UserError(
+                "the interactive REPL needs a terminal; use -p TASK (or -p - to read the task from stdin)"
+            )
         from dsv4.lic.repl import repl
 
         cwd, settings = _settings(args)

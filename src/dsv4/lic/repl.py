@@ -52,13 +52,14 @@ class RichEvents(Events):
         if name == "edit_file":
             try:
                 a = json.loads(arguments)
-                diff = "".join(
+                diff = "\n".join(
                     difflib.unified_diff(
-                        a["old_string"].splitlines(True),
-                        a["new_string"].splitlines(True),
+                        a["old_string"].splitlines(),
+                        a["new_string"].splitlines(),
                         a["path"],
                         a["path"],
                         n=1,
+                        lineterm="",
                     )
                 )
             except (ValueError, KeyError, TypeError, AttributeError):
