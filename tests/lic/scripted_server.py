@@ -8,6 +8,7 @@ GET /v1/models. Every request body is recorded, so tests can check what LIC sent
     {"content": "text"}                                  a plain answer
     {"tool_calls": [("edit_file", {...} or "raw json")]}  tool calls (+ optional "content")
     {"status": 429, "retry_after": "0"}                  an HTTP error instead of a reply
+                                                         (retry_after None: no Retry-After header)
     {"delay": 5.0, ...}                                  wait before answering (Ctrl-C tests)
 """
 
@@ -17,6 +18,11 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that hung up (Ctrl-C tests) is expected, not worth a traceback
 
 
 def call(name: str, args) -> tuple[str, str]:
@@ -67,16 +73,17 @@ class ScriptedServer:
                     self._json(400, {"error": {"message": "scripted server: script exhausted"}})
                     return
                 if "status" in step:
+                    retry = step.get("retry_after", "0")
                     self._json(
                         step["status"],
                         {"error": {"message": step.get("message", "scripted error")}},
-                        {"Retry-After": step.get("retry_after", "0")},
+                        {"Retry-After": retry} if retry is not None else {},
                     )
                     return
                 server.reply(self, body, step)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def base_url(self) -> str:

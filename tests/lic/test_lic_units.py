@@ -12,7 +12,7 @@ from dsv4.lic.agent import Agent
 from dsv4.lic.compaction import SUMMARY_HEADER, estimate_tokens, find_cut
 from dsv4.lic.config import Settings, load_settings
 from dsv4.lic.context import file_symbols, repo_map
-from dsv4.lic.errors import Refused, ToolError
+from dsv4.lic.errors import ProviderError, Refused, ToolError
 from dsv4.lic.ignore import IgnoreRules, glob_to_regex
 from dsv4.lic.permissions import Permissions
 from dsv4.lic.provider import ChatClient, Endpoint
@@ -273,10 +273,58 @@ def test_headless_path_imports_nothing_heavy():
 
     from lichelp import SRC
 
-    code = ("import sys; import dsv4.lic.cli, dsv4.lic.app, dsv4.lic.output, dsv4.lic.provider;"
-            "print(sorted(m for m in ('torch', 'rich', 'prompt_toolkit', 'openai', 'httpx', 'numpy')"
-            " if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; import dsv4.lic.cli, dsv4.lic.app, dsv4.lic.output, dsv4.lic.provider;"
+        "print(sorted(m for m in ('torch', 'rich', 'prompt_toolkit', 'openai', 'httpx', 'numpy')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_backoff_is_exponential_without_retry_after_and_gives_up():
+    delays = []
+    steps = [
+        {"status": 500, "retry_after": None},
+        {"status": 502, "retry_after": None},
+        {"status": 429, "retry_after": "3"},
+        {"content": "ok"},
+    ]
+    with ScriptedServer(steps) as srv:
+        client = ChatClient(Endpoint("t", srv.base_url, "m"), backoff=0.5, sleep=delays.append)
+        assert client.complete([{"role": "user", "content": "hi"}]).content == "ok"
+    assert delays == [0.5, 1.0, 3.0]
+    with ScriptedServer([{"status": 503, "retry_after": None}] * 3) as srv:
+        client = ChatClient(Endpoint("t", srv.base_url, "m"), max_retries=2, sleep=delays.append)
+        with pytest.raises(ProviderError, match="HTTP 503"):
+            client.complete([{"role": "user", "content": "hi"}])
+        assert len(srv.requests) == 3
+
+
+def test_local_provider_asks_the_server_for_its_model(lic_env, tmp_path, capsys):
+    from dsv4.lic.cli import main
+
+    with ScriptedServer([{"content": "hi from local"}], model="dsv4-tiny") as srv:
+        rc = main(
+            [
+                "-p",
+                "hello",
+                "-C",
+                str(tmp_path),
+                "--provider",
+                "local",
+                "--base-url",
+                srv.base_url,
+                "--output-format",
+                "json",
+            ]
+        )
+    assert rc == 0 and json.loads(capsys.readouterr().out.splitlines()[-1])["final"] == "hi from local"
+    assert srv.requests[0]["model"] == "dsv4-tiny"

@@ -68,7 +68,8 @@ class Reply:
     finish_reason: str | None = None
 
     def to_message(self) -> dict:
-        msg: dict = {"role": "assistant", "content": self.content or None}
+        # "" rather than null: every server we know accepts it next to tool_calls.
+        msg: dict = {"role": "assistant", "content": self.content or ""}
         if self.tool_calls:
             msg["tool_calls"] = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}

@@ -27,6 +27,11 @@ def sessions_dir() -> Path:
     return data_home() / "sessions"
 
 
+def _newest_first(d: Path) -> list[Path]:
+    """Session files, most recently written first (what --continue means by "latest")."""
+    return sorted(d.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+
+
 class Session:
     def __init__(self, path: Path, meta: dict):
         self.path = path
@@ -85,7 +90,7 @@ class Session:
     def latest(cls, cwd: Path) -> Session:
         """The most recent session started in `cwd` (for --continue)."""
         d = sessions_dir()
-        for path in sorted(d.glob("*.jsonl"), reverse=True) if d.is_dir() else []:
+        for path in _newest_first(d) if d.is_dir() else []:
             try:
                 with open(path, encoding="utf-8") as f:
                     meta = json.loads(f.readline())
@@ -99,7 +104,7 @@ class Session:
     def list(cwd: Path | None = None) -> list[dict]:
         out = []
         d = sessions_dir()
-        for path in sorted(d.glob("*.jsonl"), reverse=True) if d.is_dir() else []:
+        for path in _newest_first(d) if d.is_dir() else []:
             try:
                 with open(path, encoding="utf-8") as f:
                     meta = json.loads(f.readline())
