@@ -215,6 +215,7 @@ def test_repo_map_symbols_and_budget(tmp_path):
     for i in range(300):
         (tmp_path / f"f{i:03}.go").write_text(f"package x\nfunc Handler{i}() {{}}\n")
     assert file_symbols(tmp_path / "m.py") == ["class A(go)", "def fetch"]
+    assert file_symbols(tmp_path / "m.py", use_ast=False) == ["class A", "def fetch"]
     assert file_symbols(tmp_path / "app.ts") == ["Widget", "render"]
     assert file_symbols(tmp_path / "bad.py") == []
     small = repo_map(Workspace(tmp_path), budget_tokens=200)

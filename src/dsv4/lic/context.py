@@ -18,6 +18,8 @@ from dsv4.lic.workspace import Workspace
 
 MAX_INSTRUCTIONS_CHARS = 20_000
 MAP_MAX_FILE_BYTES = 200_000
+MAP_MAX_FILES = 5_000
+MAP_AST_SECONDS = 0.03  # files considered for the map (shallow ones first once sorted)
 # Top-level definitions in common languages (first capture group is the name).
 _SYMBOL_RX = {
     ".js": r"^(?:export\s+)?(?:default\s+)?(?:async\s+)?(?:function\*?|class)\s+([A-Za-z_$][\w$]*)",
@@ -31,6 +33,7 @@ _SYMBOL_RX = {
     ".rb": r"^(?:class|module|def)\s+([A-Za-z_][\w:.]*)",
     ".sh": r"^(?:function\s+)?([A-Za-z_]\w*)\s*\(\)",
 }
+_PY_RX = re.compile(r"^(?:async\s+)?(def|class)\s+([A-Za-z_]\w*)", re.M)
 _SYMBOL_RX.update(
     {
         ".jsx": _SYMBOL_RX[".js"],
@@ -65,8 +68,12 @@ def project_instructions(root: Path) -> tuple[str, str] | None:
     return None
 
 
-def file_symbols(path: Path) -> list[str]:
-    """Top-level symbols of a source file ([] if unknown language or unparsable)."""
+def file_symbols(path: Path, use_ast: bool = True) -> list[str]:
+    """Top-level symbols of a source file ([] if unknown language or unparsable).
+
+    Python goes through `ast` (classes with their public methods); with use_ast=False, or
+    for other languages, a line regex finds the top-level definitions instead.
+    """
     suffix = path.suffix.lower()
     if suffix not in _SYMBOL_RX and suffix != ".py":
         return []
@@ -76,7 +83,7 @@ def file_symbols(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    if suffix == ".py":
+    if suffix == ".py" and use_ast:
         try:
             tree = ast.parse(text)
         except (SyntaxError, ValueError):
@@ -93,18 +100,25 @@ def file_symbols(path: Path) -> list[str]:
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 out.append(f"def {node.name}")
         return out
+    if suffix == ".py":
+        return [f"{m.group(1)} {m.group(2)}" for m in _PY_RX.finditer(text)]
     rx = re.compile(_SYMBOL_RX[suffix], re.M)
     return list(dict.fromkeys(m.group(1) for m in rx.finditer(text)))[:30]
 
 
 def repo_map(ws: Workspace, budget_tokens: int = 1500) -> str:
     """Files and their top-level symbols, shallow paths first, within ~budget_tokens (4 chars/token)."""
-    files = sorted(ws.list_files(), key=lambda f: (len(f.relative_to(ws.root).parts), ws.rel(f)))
+    files = sorted(
+        ws.list_files(limit=MAP_MAX_FILES), key=lambda f: (len(f.relative_to(ws.root).parts), ws.rel(f))
+    )
     budget = budget_tokens * 4
     lines, used = [], 0
+    # ast is ~50x slower than a regex; past a small time budget the map switches to the regex
+    # so that a big repository cannot delay the first request (goal: < 0.3 s).
+    deadline = time.perf_counter() + MAP_AST_SECONDS
     for i, f in enumerate(files):
         rel = ws.rel(f)
-        syms = file_symbols(f) if used < budget * 0.8 else []
+        syms = file_symbols(f, time.perf_counter() < deadline) if used < budget * 0.8 else []
         line = rel + (": " + ", ".join(syms) if syms else "")
         if used + len(line) + 1 > budget:
             line = rel

@@ -94,8 +94,8 @@ def _load_rules(directory: str) -> IgnoreRules | None:
         return None
 
 
-def walk_files(root: Path, start: Path | None = None) -> list[Path]:
-    """Every file under `start` (default `root`), skipping VCS dirs and .gitignored paths."""
+def walk_files(root: Path, start: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Files under `start` (default `root`), skipping VCS dirs and .gitignored paths (at most `limit`)."""
     start = start or root
     # Rules from the .gitignore files of root and of start's ancestors inside root.
     stack: list[tuple[str, IgnoreRules]] = []
@@ -130,6 +130,8 @@ def walk_files(root: Path, start: Path | None = None) -> list[Path]:
         except OSError:
             return
         for e in entries:
+            if limit is not None and len(out) >= limit:
+                return
             if e.name in ALWAYS_SKIPPED:
                 continue
             is_dir = e.is_dir(follow_symlinks=False)

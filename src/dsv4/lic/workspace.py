@@ -8,6 +8,7 @@ refusal reaches the model as a refusal, not a crash.
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from functools import cached_property
 from pathlib import Path
@@ -53,8 +54,11 @@ class Workspace:
                 return d
         return None
 
-    def list_files(self, under: Path | None = None) -> list[Path]:
-        """Files under `under` (default: the root), .gitignore respected, inside the boundary."""
+    def list_files(self, under: Path | None = None, limit: int | None = None) -> list[Path]:
+        """Files under `under` (default: the root), .gitignore respected, inside the boundary.
+
+        `limit` caps the walk (the repo map must stay fast even when lic starts in $HOME).
+        """
         under = under or self.root
         files: list[Path] | None = None
         if self.git_root is not None:
@@ -71,15 +75,22 @@ class Workspace:
             except (OSError, subprocess.TimeoutExpired):
                 files = None
         if files is None:
-            files = walk_files(self.root, under)
+            files = walk_files(self.root, under, limit)
         out = []
         for f in files:
+            if limit is not None and len(out) >= limit:
+                break
             if any(part in ALWAYS_SKIPPED for part in f.relative_to(self.root).parts):
                 continue
-            try:  # a symlink that escapes is silently left out of listings
-                real = f.resolve()
-            except OSError:
+            try:
+                st = f.lstat()
+                if stat.S_ISLNK(st.st_mode):  # a symlink that escapes is silently left out
+                    real = f.resolve()
+                    if not ((real == self.root or self.root in real.parents) and real.is_file()):
+                        continue
+                elif not stat.S_ISREG(st.st_mode):
+                    continue
+            except OSError:  # deleted but still in git's index, or unreadable
                 continue
-            if (real == self.root or self.root in real.parents) and real.is_file():
-                out.append(f)
+            out.append(f)
         return out
