@@ -423,3 +423,15 @@ def test_full_auto_shell_is_sandboxed_to_the_workspace(repo, lic_env, capsys):
     assert results[1].startswith("exit code 0") and "made" in results[1]
     assert not (repo / "scratch.txt").exists() and (repo / "made.txt").read_text() == "made\n"
     assert results[2].startswith("exit code 3")
+
+
+def test_unconfined_sandbox_makes_shell_ask_even_in_full_auto(repo, capsys, monkeypatch):
+    import dsv4.lic.shell
+
+    monkeypatch.setattr(dsv4.lic.shell, "sandbox_confines", lambda: False)
+    steps = [{"tool_calls": [call("run_shell", {"command": "touch x"})]}, {"content": "ok"}]
+    with ScriptedServer(steps) as srv:
+        rc, res, _ = lic(capsys, srv, repo)
+    msg = tool_messages(srv.requests[1])[0]
+    assert msg.startswith("Refused:") and "without filesystem isolation" in msg
+    assert not (repo / "x").exists()

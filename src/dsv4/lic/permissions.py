@@ -5,6 +5,9 @@
     auto-edit   reads and file edits free; shell commands need a yes
     full-auto   everything free (shell still runs in the sandbox, workspace-only writes)
 
+Where the sandbox cannot confine writes to the workspace, shell commands need a yes in
+every mode ("unconfined_shell").
+
 Without an interactive user (headless `lic -p`), "needs a yes" means refused, with a hint
 to pass a wider --permission-mode. The workspace boundary applies in every mode.
 """
@@ -19,10 +22,10 @@ MODES = ("read-only", "ask", "auto-edit", "full-auto")
 
 # mode -> {category: "allow" | "ask" | "deny"}
 _POLICY = {
-    "read-only": {"edit": "deny", "shell": "deny"},
-    "ask": {"edit": "ask", "shell": "ask"},
-    "auto-edit": {"edit": "allow", "shell": "ask"},
-    "full-auto": {"edit": "allow", "shell": "allow"},
+    "read-only": {"edit": "deny", "shell": "deny", "unconfined_shell": "deny"},
+    "ask": {"edit": "ask", "shell": "ask", "unconfined_shell": "ask"},
+    "auto-edit": {"edit": "allow", "shell": "ask", "unconfined_shell": "ask"},
+    "full-auto": {"edit": "allow", "shell": "allow", "unconfined_shell": "ask"},
 }
 
 # An approver gets (category, summary) and answers "yes", "no" or "always".
@@ -48,10 +51,13 @@ class Permissions:
         if verdict == "deny":
             raise Refused(f"Refused: {summary} is not allowed in {self.mode} mode.")
         if self.approver is None:
-            wider = "auto-edit" if category == "edit" else "full-auto"
+            wider = {
+                "edit": " rerun with --permission-mode auto-edit",
+                "shell": " rerun with --permission-mode full-auto",
+            }.get(category, " run lic interactively to approve it")
             raise Refused(
                 f"Refused: {summary} needs approval, and no one is there to approve it "
-                f"(headless run in {self.mode} mode; rerun with --permission-mode {wider})."
+                f"(headless run in {self.mode} mode;{wider})."
             )
         answer = self.approver(category, summary)
         if answer == "always":

@@ -3,7 +3,9 @@
 The sandbox gives the command its own process group, time/memory/output limits, the
 workspace as the only writable directory (everything else read-only) and no network
 unless `--allow-network`, so even full-auto cannot delete or write outside the workspace.
-A non-zero exit is a normal result for the model to read, not a tool error.
+A non-zero exit is a normal result for the model to read, not a tool error. Where the
+sandbox cannot make the filesystem read-only (no bubblewrap or user namespaces), every
+command needs an explicit yes, whatever the mode: full-auto's promise depends on it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,16 @@ from dsv4.lic.workspace import Workspace
 
 MAX_OUTPUT_BYTES = 64_000
 MEMORY_MB = 4096
+
+
+def sandbox_confines() -> bool:
+    """True if the sandbox can make everything but the workspace read-only on this machine."""
+    try:
+        from dsv4.sandbox import capabilities
+    except ImportError:
+        return False
+    caps = capabilities()
+    return bool(caps.get("readonly_root") and caps.get("mount_ns"))
 
 
 def run_shell(ws: Workspace, command: str, *, timeout: float, network: bool) -> str:

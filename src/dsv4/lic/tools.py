@@ -226,11 +226,17 @@ class Toolbox:
 
     # -- shell and plan -----------------------------------------------------------------
     def tool_run_shell(self, command: str, timeout: float | None = None) -> str:
-        from dsv4.lic.shell import run_shell
+        from dsv4.lic.shell import run_shell, sandbox_confines
 
         if not isinstance(command, str) or not command.strip():
             raise ToolError("command must be a non-empty string")
         self.permissions.check("shell", f"run_shell `{command}`")
+        if not sandbox_confines():
+            self.permissions.check(
+                "unconfined_shell",
+                f"run_shell `{command}` without filesystem isolation (this machine's sandbox cannot "
+                "make paths outside the workspace read-only)",
+            )
         self.snapshots.start_git_base()
         t = self.shell_timeout if timeout is None else float(timeout)
         return run_shell(self.workspace, command, timeout=min(max(t, 1.0), 600.0), network=self.allow_network)
