@@ -48,6 +48,8 @@ def test_basic_io_and_exit_codes(backend):
     assert (r.status, r.exit_code, r.stdout, r.stderr) == ("failed", 3, "out\n", "err\n")
     r = run_python("import sys; print(sys.stdin.read()[::-1])", stdin="abc", limits=FAST)
     assert (r.status, r.exit_code, r.stdout) == ("passed", 0, "cba\n")
+    r = run_python("import sys; print(any('site-packages' in p for p in sys.path))", no_site=True)
+    assert r.stdout == "False\n"
     r = run(["sh", "-c", 'echo "$0"', "x y"], limits=FAST)
     assert r.stdout == "x y\n" and r.passed
     assert run("/nonexistent/program", limits=FAST).status in ("failed", "error")
@@ -249,3 +251,23 @@ def test_capabilities_warns_once_for_missing_layers(monkeypatch, capsys):
 def test_limits_validate():
     with pytest.raises(ValueError):
         SandboxLimits(wall_seconds=0)
+
+
+def test_sandbox_and_eval_never_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, dsv4.sandbox, dsv4.eval.humaneval, dsv4.eval.sources, dsv4.cli.eval\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+
+
+def test_large_stdin_round_trip_and_errors():
+    data = "".join(f"line {i}\n" for i in range(40_000))  # ~400 KB, more than a pipe holds
+    r = run("cat", stdin=data, limits=SandboxLimits(max_output_bytes=1 << 20))
+    assert r.passed and r.stdout == data and not r.truncated
+    r = run("head -c 10 >/dev/null; echo ok", stdin=data, limits=FAST)  # stops reading early
+    assert r.passed and r.stdout == "ok\n"
+    r = run("true", cwd="/nonexistent/dir", limits=FAST)
+    assert r.status == "error" and "not a directory" in r.stderr

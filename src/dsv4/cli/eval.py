@@ -81,6 +81,8 @@ def cmd_humaneval(args: argparse.Namespace) -> int:
     elif args.base_url:
         if not args.model:
             raise UserError("--base-url needs --model NAME")
+        if not re.match(r"^https?://[^/\s]+", args.base_url):
+            raise UserError(f"--base-url must look like http://host:port/v1, got {args.base_url!r}")
         key = None
         if args.api_key_env:
             key = os.environ.get(args.api_key_env)

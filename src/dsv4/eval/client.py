@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import httpx
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+BACKOFF = 1.0  # seconds before the first retry; doubles each time (tests shrink it)
+# A refused connection is rarely fixed by waiting long: give up on it sooner.
+MAX_CONNECT_RETRIES = 2
 
 
 class EndpointError(Exception):
@@ -35,7 +38,7 @@ class ClientConfig:
     api_key: str | None = None
     timeout: float = 120.0
     max_retries: int = 5
-    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    backoff: float | None = None  # None: BACKOFF
     max_backoff: float = 30.0
 
 
@@ -79,12 +82,17 @@ class OpenAICompatClient:
 
     def _post(self, url: str, body: dict) -> dict:
         last = ""
+        backoff = BACKOFF if self.cfg.backoff is None else self.cfg.backoff
+        connect_failures = 0
         for attempt in range(self.cfg.max_retries + 1):
-            wait = min(self.cfg.max_backoff, self.cfg.backoff * 2**attempt) * (0.75 + 0.5 * random.random())
+            wait = min(self.cfg.max_backoff, backoff * 2**attempt) * (0.75 + 0.5 * random.random())
             try:
                 r = self.http.post(url, json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 last, unreachable = f"cannot connect to {url}: {e}", True
+                connect_failures += 1
+                if connect_failures > MAX_CONNECT_RETRIES:
+                    break
             except httpx.TransportError as e:  # read timeouts, dropped connections
                 last, unreachable = f"request to {url} failed: {type(e).__name__}: {e}", False
             else:
@@ -106,4 +114,5 @@ class OpenAICompatClient:
             if attempt < self.cfg.max_retries:
                 self.retries_done += 1
                 time.sleep(wait)
-        raise EndpointError(f"{last} (gave up after {self.cfg.max_retries} retries)", unreachable=unreachable)
+        raise EndpointError(f"{last} (gave up after {attempt} retries)",
+                            unreachable=unreachable)

@@ -57,7 +57,9 @@ def check(problem: dict, completion: str, timeout: float) -> dict:
     """Run one completion against its tests; the row fields that describe the outcome."""
     limits = SandboxLimits(cpu_seconds=timeout, wall_seconds=timeout, memory_mb=1024,
                            max_processes=32, max_file_mb=16, max_output_bytes=4000)
-    r = run_python(program_for(problem, completion), limits=limits)
+    # HumanEval needs only the standard library: -S skips site-packages (faster, and the
+    # completion cannot reach installed packages).
+    r = run_python(program_for(problem, completion), limits=limits, no_site=True)
     row = {"passed": r.status == "passed", "status": r.status, "duration": round(r.duration, 4)}
     if r.status != "passed":
         row["stderr_tail"] = r.stderr[-500:]
@@ -112,7 +114,9 @@ class EvalSetup:
 
     def identity(self) -> dict:
         d = asdict(self)
-        d.pop("ks")  # reporting only: changing --k must not invalidate the results
+        # Reporting and selection only: changing --k or --limit reuses the rows already scored.
+        d.pop("ks")
+        d.pop("limit")
         return d
 
 
@@ -150,7 +154,7 @@ def _load_previous(out_dir: str, setup: EvalSetup) -> list[dict]:
 
 def evaluate(setup: EvalSetup, out_dir: str, *, generator: Generator | None = None,
              samples: list[tuple[str, str]] | None = None, workers: int = 2,
-             preflight: Callable[[dict], str] | None = None, progress: bool = True) -> dict:
+             preflight: Callable[[dict], str | None] | None = None, progress: bool = True) -> dict:
     """Score every (task, sample), resuming from out_dir; returns the summary dict."""
     problems = load_problems()
     if samples is not None:
@@ -258,8 +262,8 @@ def _summarize(setup: EvalSetup, rows: list[dict], out_dir: str, resumed: int, w
     return summary
 
 
-def print_summary(summary: dict, out_dir: str, file=sys.stdout) -> None:
-    p = lambda s="": print(s, file=file)
+def print_summary(summary: dict, out_dir: str, file=None) -> None:
+    p = lambda s="": print(s, file=file or sys.stdout)
     p(f"HumanEval  {summary['source']}: {summary['model']}")
     p(f"  {summary['tasks']} tasks, {summary['samples']} samples "
       f"({summary['resumed_rows']} resumed), {summary['wall_seconds']} s")

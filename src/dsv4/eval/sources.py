@@ -38,7 +38,7 @@ class EndpointSource:
         except EndpointError as e:
             raise GenerationError(str(e)) from None
 
-    def preflight(self, problem: dict) -> str:
+    def preflight(self, problem: dict) -> str | None:
         try:
             return self._raw(problem)
         except EndpointError as e:
@@ -46,7 +46,7 @@ class EndpointSource:
                 raise UserError(f"endpoint unreachable: {e}") from None
             if e.status is not None and 400 <= e.status < 500 and e.status not in (408, 409, 429):
                 raise UserError(f"the endpoint refused the request: {e}") from None
-            return ""  # a transient failure: this sample is recorded as an error and retried on resume
+            return None  # transient: the sample is tried again in the pool (and on resume)
 
     def close(self) -> None:
         self.client.close()

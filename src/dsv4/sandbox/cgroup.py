@@ -12,9 +12,11 @@ Where none of this is possible, `available()` says so and the caller falls back.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import signal
+import threading
 import time
 
 _counter = itertools.count()
@@ -62,6 +64,13 @@ def _layout() -> dict:
     if "pids" not in layout and "memory" not in layout and "unified" in mounts and "unified" in own:
         base = os.path.join(mounts["unified"], own["unified"].lstrip("/"))
         layout.update(v2=True, pids=base, memory=base)
+        try:  # children get the controllers only if our group hands them down (root may)
+            enabled = _read(os.path.join(base, "cgroup.subtree_control")).split()
+            for c in ("pids", "memory"):
+                if c not in enabled:
+                    _write(os.path.join(base, "cgroup.subtree_control"), f"+{c}")
+        except OSError:
+            pass  # not ours to change: RunCgroup then fails and the caller falls back
     _layout_cache = layout
     return layout
 
@@ -142,7 +151,8 @@ class RunCgroup:
         return sorted(out)
 
     def kill_all(self, timeout: float = 2.0) -> None:
-        """SIGKILL every member until the group is empty (new forks are caught next round)."""
+        """SIGKILL every member until the group is empty (new forks are caught next round).
+        timeout=0: one round, no waiting (when a dead pid namespace already dooms them all)."""
         if self.v2:
             try:
                 _write(os.path.join(self.dirs["pids"], "cgroup.kill"), "1")
@@ -151,27 +161,78 @@ class RunCgroup:
         deadline = time.monotonic() + timeout
         while True:
             members = self.pids()
-            if not members or time.monotonic() > deadline:
-                return
             for pid in members:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            time.sleep(0.005)
+            if not members or time.monotonic() >= deadline:
+                return
+            time.sleep(0.002)
 
-    def close(self) -> None:
-        self.kill_all()
+    def close(self, wait: bool = True) -> None:
+        """Kill what is left and remove the group. rmdir stays EBUSY for a few ms after the
+        last member died; rather than wait for it here, a background thread retries."""
+        self.kill_all(timeout=2.0 if wait else 0.0)
+        busy = []
         for d in set(self.dirs.values()):
-            for _ in range(200):  # rmdir is EBUSY until the last zombie is reaped
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.005)
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                busy.append(d)
         self.dirs = {}
+        if busy:
+            _reaper.add(busy)
+
+
+class _Reaper:
+    """Removes emptied cgroup directories off the caller's path (and at exit)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.todo: list[tuple[str, float]] = []
+        self.thread: threading.Thread | None = None
+
+    def add(self, dirs: list[str]) -> None:
+        with self.cond:
+            self.todo += [(d, time.monotonic() + 5.0) for d in dirs]
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="dsv4-cgroup-reaper", daemon=True)
+                self.thread.start()
+                atexit.register(self.flush)
+            self.cond.notify()
+
+    def _sweep(self) -> None:
+        keep = []
+        for d, give_up in self.todo:
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if time.monotonic() < give_up:
+                    keep.append((d, give_up))
+        self.todo = keep
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.todo:
+                    self.cond.wait()
+                self._sweep()
+            time.sleep(0.01)
+
+    def flush(self) -> None:
+        with self.cond:
+            while self.todo:
+                self._sweep()
+                if self.todo:
+                    time.sleep(0.01)
+
+
+_reaper = _Reaper()
 
 
 def available() -> dict:

@@ -19,7 +19,7 @@ class SandboxLimits:
     cpu_seconds: float = 10.0  # RLIMIT_CPU, per process
     wall_seconds: float = 15.0  # whole run, then the process tree is killed
     memory_mb: int = 1024  # cgroup memory limit (or RLIMIT_AS where no cgroup)
-    max_processes: int = 64  # cgroup pids.max for the whole tree
+    max_processes: int = 64  # cgroup pids.max for the whole tree (threads count too)
     max_file_mb: int = 64  # RLIMIT_FSIZE: largest file it can write
     max_output_bytes: int = 64_000  # per stream; the rest is drained and dropped
 

@@ -26,8 +26,10 @@ from dsv4.sandbox.limits import SandboxLimits, SandboxResult
 
 DEFAULT_LIMITS = SandboxLimits()
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Joins each cgroup given before "--", then execs the rest. 126 = "could not confine".
-_JOIN_CGROUPS = 'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"'
+# Joins each cgroup given before "--", then execs the rest; refuses to run unconfined.
+_JOIN_FAILED = "dsv4-sandbox: cannot join cgroup"
+_JOIN_CGROUPS = ('while [ "$1" != "--" ]; do echo $$ 2>/dev/null > "$1" || '
+                 f'{{ echo "{_JOIN_FAILED} $1" >&2; exit 126; }}; shift; done; shift; exec "$@"')
 # After the program exits, how long stragglers (outside a pid namespace) may hold our pipes.
 _EXIT_GRACE = 0.2
 
@@ -112,11 +114,13 @@ def _run_in(argv, stdin, cwd, writable, network, env, limits, caps) -> SandboxRe
     try:
         out, err, truncated, timed_out = _communicate(proc, data, limits, t0 + limits.wall_seconds)
     finally:
-        _kill_tree(proc, group)
+        _kill_tree(proc, group, wait=not isolated)
     duration = time.monotonic() - t0
     oom = group.oom_kills() if group is not None else 0
     if group is not None:
-        group.close()
+        # In a pid namespace whose init is gone the kernel kills every member, so one
+        # SIGKILL round without waiting suffices; elsewhere keep killing until empty.
+        group.close(wait=not isolated)
 
     code = proc.returncode
     sig = _signal_of(code, isolated)
@@ -126,8 +130,8 @@ def _run_in(argv, stdin, cwd, writable, network, env, limits, caps) -> SandboxRe
         status = "timeout"
     elif oom or (code != 0 and "MemoryError" in stderr[-2000:]):
         status = "memory"
-    elif group is not None and code == 126 and not stdout and not stderr:
-        status = "error"  # could not join the cgroup
+    elif group is not None and code == 126 and stderr.startswith(_JOIN_FAILED):
+        status = "error"
     elif isolated and code == 1 and stderr.startswith(("bwrap: ", "unshare: ")):
         status = "error"  # the isolation tool itself failed
     elif code == 0:
@@ -192,14 +196,14 @@ def _communicate(proc, data: bytes, limits: SandboxLimits, deadline: float):
     return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), truncated, timed_out
 
 
-def _kill_tree(proc: subprocess.Popen, group: RunCgroup | None) -> None:
+def _kill_tree(proc: subprocess.Popen, group: RunCgroup | None, wait: bool = True) -> None:
     """SIGKILL the session (in a pid namespace that kills all of it), then the cgroup."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
     if group is not None:
-        group.kill_all()
+        group.kill_all(timeout=2.0 if wait else 0.0)
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
@@ -219,11 +223,17 @@ _MAX_INLINE_SOURCE = 100_000
 
 def run_python(code: str, stdin: str | bytes | None = None, cwd: str | None = None,
                writable: list[str] | tuple = (), network: bool = False, env: dict | None = None,
-               limits: SandboxLimits | None = None, python: str | None = None) -> SandboxResult:
-    """Run Python source in the sandbox with `python -I` (isolated: no user site, no PYTHON* env)."""
+               limits: SandboxLimits | None = None, python: str | None = None,
+               no_site: bool = False) -> SandboxResult:
+    """Run Python source in the sandbox with `python -I` (isolated: no user site, no PYTHON* env).
+
+    no_site=True adds `-S`: only the standard library is importable, and startup is ~4x
+    faster (no site-packages scan, no .pth hooks) — right for HumanEval and RL rewards.
+    """
     exe = python or sys.executable
+    flags = ["-I", "-S"] if no_site else ["-I"]
     if len(code.encode()) <= _MAX_INLINE_SOURCE:
-        return run([exe, "-I", "-c", code], stdin=stdin, cwd=cwd, writable=writable,
+        return run([exe, *flags, "-c", code], stdin=stdin, cwd=cwd, writable=writable,
                    network=network, env=env, limits=limits)
     own = cwd is None
     d = tempfile.mkdtemp(prefix="dsv4-sbx-") if own else cwd
@@ -231,7 +241,7 @@ def run_python(code: str, stdin: str | bytes | None = None, cwd: str | None = No
     with open(path, "w") as f:
         f.write(code)
     try:
-        return run([exe, "-I", path], stdin=stdin, cwd=d, writable=writable, network=network,
+        return run([exe, *flags, path], stdin=stdin, cwd=d, writable=writable, network=network,
                    env=env, limits=limits)
     finally:
         if own:
