@@ -317,6 +317,9 @@ def test_resume_and_continue_carry_history(repo, capsys):
         ("assistant", "second answer"),
         ("user", "and now?"),
     ]
+    assert main(["--list-sessions", "-C", str(repo)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert len(listing) == 1 and listing[0].startswith(r1["session_id"]) and "remember 42" in listing[0]
     rc = main(["-p", "x", "-C", str(repo), "--resume", "nope", "--base-url", srv.base_url])
     assert rc == 2 and "no session 'nope'" in capsys.readouterr().err
 

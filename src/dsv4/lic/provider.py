@@ -78,6 +78,13 @@ class Reply:
         return msg
 
 
+def _new_call_id() -> str:
+    """For servers that send tool calls without ids: ids must be unique in the history."""
+    import secrets
+
+    return "call_" + secrets.token_hex(6)
+
+
 def estimate_tokens(text: str) -> int:
     """~4 characters per token: used only when a server reports no usage."""
     return max(1, len(text) // 4)
@@ -236,10 +243,10 @@ class ChatClient:
                 f"{self.endpoint.name} sent an unexpected reply: {str(data)[:200]}", "protocol"
             ) from None
         reply = Reply(content=msg.get("content") or "", finish_reason=choice.get("finish_reason"))
-        for i, c in enumerate(msg.get("tool_calls") or []):
+        for c in msg.get("tool_calls") or []:
             fn = c.get("function") or {}
             reply.tool_calls.append(
-                ToolCall(c.get("id") or f"call_{i}", fn.get("name") or "", fn.get("arguments") or "")
+                ToolCall(c.get("id") or _new_call_id(), fn.get("name") or "", fn.get("arguments") or "")
             )
         u = data.get("usage") or {}
         reply.usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
@@ -284,7 +291,7 @@ class ChatClient:
                     reply.finish_reason = choice["finish_reason"]
         reply.content = "".join(parts)
         reply.tool_calls = [
-            ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"]) for i, c in sorted(calls.items())
+            ToolCall(c["id"] or _new_call_id(), c["name"], c["arguments"]) for _, c in sorted(calls.items())
         ]
         return reply
 

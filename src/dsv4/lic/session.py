@@ -160,7 +160,8 @@ class Session:
                     msg = {
                         "role": "tool",
                         "tool_call_id": c["id"],
-                        "content": "Interrupted: the tool did not run.",
+                        "content": "Interrupted: this call may not have completed; check its effect "
+                        "before relying on it.",
                     }
                     fixed.append(msg)
         if len(fixed) != len(self.messages):
