@@ -16,6 +16,8 @@ sys.path.insert(0, str(EVALS))
 from run import check, make_repo  # noqa: E402
 from tasks import PYTEST, TASKS  # noqa: E402
 
+from dsv4.lic.shell import sandbox_confines  # noqa: E402
+
 
 def test_every_task_fails_untouched_and_passes_with_its_reference(tmp_path):
     for task in TASKS:
@@ -88,4 +90,7 @@ def test_runner_reports_solved_rate_turns_tokens_time(lic_env, tmp_path):
     assert "solved 2/3 (67%)" in p.stdout
     # the agent's test run went through the sandbox and saw the suite pass
     shell_result = [m for m in srv.requests[2]["messages"] if m["role"] == "tool"][-1]["content"]
-    assert shell_result.startswith("exit code 0") and "2 passed" in shell_result
+    if sandbox_confines():
+        assert shell_result.startswith("exit code 0") and "2 passed" in shell_result
+    else:  # without filesystem isolation, unattended shell commands are refused
+        assert shell_result.startswith("Refused:")
