@@ -170,6 +170,7 @@ def test_config_layers_and_provider_choice(tmp_path, monkeypatch, lic_env):
     )
     (ws / ".lic" / "config.toml").write_text('[providers.vllm]\nmodel = "q2"\n')
     s = load_settings(ws, {"max_turns": 7})
+    assert (s.price_input, s.price_output, s.context_window) == (0.0, 0.0, 8_192)  # unset: defaults
     assert (s.provider, s.base_url, s.model, s.permission_mode, s.max_turns) == (
         "vllm",
         "http://h:1/v1",
@@ -329,3 +330,27 @@ def test_local_provider_asks_the_server_for_its_model(lic_env, tmp_path, capsys)
         )
     assert rc == 0 and json.loads(capsys.readouterr().out.splitlines()[-1])["final"] == "hi from local"
     assert srv.requests[0]["model"] == "dsv4-tiny"
+
+
+def test_edit_file_keeps_crlf_line_endings(tmp_path):
+    (tmp_path / "w.txt").write_bytes(b"one\r\ntwo\r\nthree\r\n")
+    toolbox(tmp_path).call("edit_file", {"path": "w.txt", "old_string": "one\ntwo", "new_string": "1\n2"})
+    assert (tmp_path / "w.txt").read_bytes() == b"1\r\n2\r\nthree\r\n"
+
+
+def test_cost_counts_cached_prompt_tokens_at_their_price(lic_env, tmp_path):
+    from dsv4.lic.provider import Usage
+
+    u = Usage.from_api(
+        {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000, "prompt_cache_hit_tokens": 800_000}
+    )
+    assert u.cached_tokens == 800_000
+    assert (
+        Usage.from_api({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 3}}).cached_tokens == 3
+    )
+    settings = Settings(base_url="x", price_input=0.28, price_cached_input=0.028, price_output=0.42)
+    ws = Workspace(tmp_path)
+    agent = Agent(
+        None, Toolbox(ws, Permissions(), Snapshots(ws)), Session.create(tmp_path, "m"), settings, ""
+    )
+    assert agent.cost(u) == pytest.approx(0.2 * 0.28 + 0.8 * 0.028 + 0.42)

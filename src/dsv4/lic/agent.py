@@ -66,7 +66,11 @@ class Agent:
 
     def cost(self, u: Usage) -> float:
         s = self.settings
-        return (u.prompt_tokens * s.price_input + u.completion_tokens * s.price_output) / 1e6
+        cached_price = s.price_input if s.price_cached_input is None else s.price_cached_input
+        fresh = u.prompt_tokens - u.cached_tokens
+        return (
+            fresh * s.price_input + u.cached_tokens * cached_price + u.completion_tokens * s.price_output
+        ) / 1e6
 
     def api_messages(self) -> list[dict]:
         return [{"role": "system", "content": self.system}, *self.session.messages]

@@ -10,6 +10,7 @@ A config file may set any of the top-level keys below and define or tweak provid
     model = "Qwen/Qwen2.5-Coder-7B-Instruct"
     api_key_env = "VLLM_KEY"
     price_input = 0.0                # USD per million tokens, for the cost display
+    price_cached_input = 0.0         # prompt tokens served from the provider's cache
     price_output = 0.0
     context_window = 32768
 
@@ -27,12 +28,13 @@ from dsv4.errors import UserError
 from dsv4.lic.permissions import MODES
 
 BUILTIN_PROVIDERS = {
-    # DeepSeek API prices (USD per 1M tokens, cache miss / output) as published for deepseek-chat.
+    # DeepSeek API prices for deepseek-chat, USD per 1M tokens: input (cache miss), cache hit, output.
     "deepseek": {
         "base_url": "https://api.deepseek.com",
         "model": "deepseek-chat",
         "api_key_env": "DEEPSEEK_API_KEY",
         "price_input": 0.28,
+        "price_cached_input": 0.028,
         "price_output": 0.42,
         "context_window": 128_000,
     },
@@ -46,7 +48,15 @@ BUILTIN_PROVIDERS = {
         "context_window": 8_192,
     },
 }
-PROVIDER_KEYS = ("base_url", "model", "api_key_env", "price_input", "price_output", "context_window")
+PROVIDER_KEYS = (
+    "base_url",
+    "model",
+    "api_key_env",
+    "price_input",
+    "price_cached_input",
+    "price_output",
+    "context_window",
+)
 
 
 @dataclass
@@ -57,6 +67,7 @@ class Settings:
     api_key_env: str | None = None
     price_input: float = 0.0
     price_output: float = 0.0
+    price_cached_input: float | None = None  # None: same as price_input
     context_window: int = 8_192
     permission_mode: str = "ask"
     allow_network: bool = False
@@ -116,6 +127,7 @@ def load_settings(workspace: Path, cli: dict) -> Settings:
             f"unknown provider {name!r}; known: {', '.join(sorted(providers))} (or pass --base-url)"
         )
     merged = {**providers[name], **{k: top[k] for k in PROVIDER_KEYS if top.get(k) is not None}}
+    merged = {k: v for k, v in merged.items() if v is not None}  # unset keys keep Settings' defaults
     known = {f.name for f in fields(Settings)}
     unknown = set(top) - known
     if unknown:

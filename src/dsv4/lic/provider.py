@@ -36,10 +36,20 @@ class Endpoint:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the provider's prefix cache (cheaper)
+
+    @classmethod
+    def from_api(cls, u: dict) -> Usage:
+        """DeepSeek reports `prompt_cache_hit_tokens`, OpenAI `prompt_tokens_details.cached_tokens`."""
+        cached = u.get("prompt_cache_hit_tokens") or (u.get("prompt_tokens_details") or {}).get(
+            "cached_tokens"
+        )
+        return cls(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0, cached or 0)
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
 
     @property
     def total(self) -> int:
@@ -49,6 +59,7 @@ class Usage:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
             "total_tokens": self.total,
         }
 
@@ -249,7 +260,7 @@ class ChatClient:
                 ToolCall(c.get("id") or _new_call_id(), fn.get("name") or "", fn.get("arguments") or "")
             )
         u = data.get("usage") or {}
-        reply.usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+        reply.usage = Usage.from_api(u)
         if on_text and reply.content:
             on_text(reply.content)
         return reply
@@ -272,7 +283,7 @@ class ChatClient:
                 raise ProviderError(f"{self.endpoint.name} error: {msg}", "http")
             if chunk.get("usage"):
                 u = chunk["usage"]
-                reply.usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+                reply.usage = Usage.from_api(u)
             for choice in chunk.get("choices") or []:
                 delta = choice.get("delta") or {}
                 if delta.get("content"):

@@ -165,7 +165,8 @@ def repl(cwd, settings, args, input=None, output=None, console=None) -> int:
             events._stop_live()
             u = res.usage
             console.print(
-                f"[dim]{res.turns} steps · {res.tool_calls} tool calls · {u.prompt_tokens:,} in / "
+                f"[dim]{res.turns} steps · {res.tool_calls} tool calls · {u.prompt_tokens:,} in"
+                f"{f' ({u.cached_tokens:,} cached)' if u.cached_tokens else ''} / "
                 f"{u.completion_tokens:,} out tokens · ${res.cost:.4f} "
                 f"(session ${app.agent.cost(app.agent.total):.4f})[/]",
                 highlight=False,

@@ -202,6 +202,11 @@ class Toolbox:
             raise ToolError("old_string and new_string are identical; nothing to change")
         text = data.decode("utf-8", "surrogateescape")
         count = text.count(old_string)
+        if count == 0 and "\r\n" in text and "\n" in old_string:  # the model writes \n; the file has CRLF
+            crlf = old_string.replace("\r\n", "\n").replace("\n", "\r\n")
+            if crlf in text:
+                old_string, new_string = crlf, new_string.replace("\r\n", "\n").replace("\n", "\r\n")
+                count = text.count(crlf)
         if count == 0:
             hint = ""
             if old_string.strip() and old_string.strip() in text:
