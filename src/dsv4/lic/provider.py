@@ -133,7 +133,9 @@ class ChatClient:
             headers=headers,
             method="GET" if body is None else "POST",
         )
-        return urllib.request.urlopen(req, timeout=self.timeout)
+        from dsv4.lic.transport import urlopen
+
+        return urlopen(req, timeout=self.timeout)
 
     # -- errors -------------------------------------------------------------------------
     def _http_error(self, status: int, body: str) -> ProviderError:
