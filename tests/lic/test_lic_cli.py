@@ -442,3 +442,16 @@ def test_unconfined_sandbox_makes_shell_ask_even_in_full_auto(repo, capsys, monk
     msg = tool_messages(srv.requests[1])[0]
     assert msg.startswith("Refused:") and "without filesystem isolation" in msg
     assert not (repo / "x").exists()
+
+
+def test_step_limit_and_task_from_stdin(repo, capsys, monkeypatch):
+    import io
+
+    look = {"tool_calls": [call("glob", {"pattern": "*.md"})]}
+    with ScriptedServer([look, look, {"content": "unreached"}]) as srv:
+        rc, res, _ = lic(capsys, srv, repo, "x", "--max-turns", "2")
+    assert rc == 1 and res["status"] == "max_turns" and "limit of 2 model steps" in res["error"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("task from stdin\n"))
+    with ScriptedServer([{"content": "ok"}]) as srv:
+        rc, res, _ = lic(capsys, srv, repo, "-")
+    assert rc == 0 and srv.requests[0]["messages"][-1]["content"] == "task from stdin\n"
