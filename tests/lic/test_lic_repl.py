@@ -65,6 +65,7 @@ def test_slash_commands_diff_undo_mode_model_clear(repo):
         assert app.session.messages[0]["content"].endswith("SUMMARY")
         handle(app, "/clear")
         assert app.session.messages == []
+        assert Session.load(app.session.id).last_turn() == 1  # turn numbers go on after /clear
         assert handle(app, "/exit").exit
         app.close()
 

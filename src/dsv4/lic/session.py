@@ -78,9 +78,8 @@ class Session:
                 s.messages.append(rec["message"])
             elif t == "compact":
                 s.messages = list(rec["messages"])
-            elif t == "clear":
+            elif t == "clear":  # the conversation restarts; the undo journal and turn count go on
                 s.messages = []
-                s.records = []
             else:
                 s.records.append(rec)
         s.repair()
@@ -138,7 +137,6 @@ class Session:
 
     def clear(self) -> None:
         self.messages = []
-        self.records = []
         self._write({"type": "clear"})
 
     def repair(self) -> None:
