@@ -23,6 +23,7 @@ from dsv4.lic.tools import TOOL_SPECS, Toolbox
 
 MAX_TOOL_RESULT_CHARS = 30_000
 REPEAT_LIMIT = 3
+TOOLS_TOKENS = len(json.dumps(TOOL_SPECS)) // 4  # the tool schemas ride along with every request
 
 
 class Events:
@@ -78,7 +79,7 @@ class Agent:
     # -- compaction ---------------------------------------------------------------------
     def compact(self, force: bool = False) -> str:
         window = self.settings.context_window
-        used = estimate_tokens(self.api_messages())
+        used = estimate_tokens(self.api_messages()) + TOOLS_TOKENS
         if not force and used < self.settings.compact_ratio * window:
             return ""
         keep = int(window * 0.25) if not force else int(window * 0.1)

@@ -54,9 +54,14 @@ class App:
             self.toolbox,
             session,
             settings,
-            system_prompt(workspace, settings.permission_mode),
+            self.system_prompt(),
             events,
         )
+
+    def system_prompt(self) -> str:
+        # the repository map gets at most 1/8 of the context window (small local models)
+        map_tokens = min(1500, self.settings.context_window // 8)
+        return system_prompt(self.workspace, self.settings.permission_mode, map_tokens)
 
     def make_client(self) -> ChatClient:
         s = self.settings
@@ -67,7 +72,7 @@ class App:
     def set_mode(self, mode: str) -> None:
         self.permissions.set_mode(mode)
         self.settings.permission_mode = mode
-        self.agent.system = system_prompt(self.workspace, mode)
+        self.agent.system = self.system_prompt()
 
     def set_model(self, model: str) -> None:
         self.settings.model = model
