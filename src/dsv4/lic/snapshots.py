@@ -137,7 +137,9 @@ class Snapshots:
         """Remember the work tree's state at session start (`git stash create`, else HEAD)."""
         if self.ws.git_root is None or self.git_base:
             return
-        commit = _git(self.ws.root, "stash", "create") or _git(self.ws.root, "rev-parse", "HEAD")
+        # `stash create` writes a commit object (nothing else): it needs an identity, not a config
+        ident = ("-c", "user.name=lic", "-c", "user.email=lic@localhost")
+        commit = _git(self.ws.root, *ident, "stash", "create") or _git(self.ws.root, "rev-parse", "HEAD")
         if commit:
             self.git_base = commit
             self.journal({"type": "git_base", "commit": commit})
