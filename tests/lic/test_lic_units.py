@@ -182,6 +182,12 @@ def test_config_layers_and_provider_choice(tmp_path, monkeypatch, lic_env):
     (ws / ".lic" / "config.toml").write_text("nonsense = 1\n")
     with pytest.raises(UserError, match="unknown setting"):
         load_settings(ws, {})
+    (ws / ".lic" / "config.toml").write_text("[providers.vllm]\nbaseurl = 'x'\n")
+    with pytest.raises(UserError, match="unknown key"):
+        load_settings(ws, {})
+    (ws / ".lic" / "config.toml").write_text("max_turns = 'many'\n")
+    with pytest.raises(UserError, match="max_turns = 'many' should be of type int"):
+        load_settings(ws, {})
     (ws / ".lic" / "config.toml").write_text("[[broken\n")
     with pytest.raises(UserError, match="cannot read config"):
         load_settings(ws, {})

@@ -103,6 +103,19 @@ def _read_toml(path: Path) -> dict:
         raise UserError(f"cannot read config {path}: {e}") from None
 
 
+def _type_ok(value, declared: str) -> bool:
+    """Check `value` against a field's declared type (a string: `from __future__ import annotations`)."""
+    if value is None:
+        return "None" in declared
+    if isinstance(value, bool):
+        return declared == "bool"
+    if declared.startswith("float"):
+        return isinstance(value, (int, float))
+    if declared == "int":
+        return isinstance(value, int)
+    return isinstance(value, str)
+
+
 def load_settings(workspace: Path, cli: dict) -> Settings:
     """Merge defaults, user config, project config and the non-None `cli` values."""
     layers = [_read_toml(config_home() / "config.toml"), _read_toml(workspace / ".lic" / "config.toml")]
@@ -112,6 +125,12 @@ def load_settings(workspace: Path, cli: dict) -> Settings:
         for name, conf in (layer.get("providers") or {}).items():
             if not isinstance(conf, dict):
                 raise UserError(f"config: [providers.{name}] must be a table")
+            bad = set(conf) - set(PROVIDER_KEYS)
+            if bad:
+                raise UserError(
+                    f"config: [providers.{name}] has unknown key(s) {', '.join(sorted(bad))}; "
+                    f"known: {', '.join(PROVIDER_KEYS)}"
+                )
             providers.setdefault(name, {k: None for k in PROVIDER_KEYS}).update(conf)
         top.update({k: v for k, v in layer.items() if k != "providers"})
     top.update({k: v for k, v in cli.items() if v is not None})
@@ -133,6 +152,9 @@ def load_settings(workspace: Path, cli: dict) -> Settings:
     if unknown:
         raise UserError(f"config: unknown setting(s) {', '.join(sorted(unknown))}")
     s = Settings(**{**{k: v for k, v in top.items() if k in known}, **merged, "provider": name})
+    for f in fields(Settings):  # a wrongly typed value is a config error now, not a crash later
+        if not _type_ok(getattr(s, f.name), f.type):
+            raise UserError(f"config: {f.name} = {getattr(s, f.name)!r} should be of type {f.type}")
     if not s.base_url:
         raise UserError(f"provider {name!r} has no base_url")
     if s.permission_mode not in MODES:
