@@ -360,3 +360,27 @@ def test_cost_counts_cached_prompt_tokens_at_their_price(lic_env, tmp_path):
         None, Toolbox(ws, Permissions(), Snapshots(ws)), Session.create(tmp_path, "m"), settings, ""
     )
     assert agent.cost(u) == pytest.approx(0.2 * 0.28 + 0.8 * 0.028 + 0.42)
+
+
+def test_context_overflow_from_the_server_triggers_compaction_and_retry(lic_env, tmp_path):
+    session = Session.create(tmp_path, "m")
+    for i in range(4):
+        session.add({"role": "user", "content": f"task {i} " + "x" * 4000})
+        session.add({"role": "assistant", "content": f"answer {i}"})
+    ws = Workspace(tmp_path)
+    steps = [
+        {"status": 400, "message": "This model's maximum context length is 4096 tokens"},
+        {"content": "SUMMARY"},
+        {"content": "final"},
+    ]
+    with ScriptedServer(steps) as srv:
+        agent = Agent(
+            ChatClient(Endpoint("t", srv.base_url, "m")),
+            Toolbox(ws, Permissions(), Snapshots(ws)),
+            session,
+            Settings(base_url="", context_window=100_000),
+            "sys",
+        )
+        res = agent.run("task 4")
+    assert res.status == "ok" and res.final == "final"
+    assert len(srv.requests) == 3 and srv.requests[2]["messages"][1]["content"].endswith("SUMMARY")

@@ -77,12 +77,14 @@ class Agent:
         return [{"role": "system", "content": self.system}, *self.session.messages]
 
     # -- compaction ---------------------------------------------------------------------
-    def compact(self, force: bool = False) -> str:
+    def compact(self, force: bool = False, keep: int | None = None) -> str:
+        """Summarise old turns if near the window (or if forced); keep ~`keep` tokens verbatim."""
         window = self.settings.context_window
         used = estimate_tokens(self.api_messages()) + TOOLS_TOKENS
         if not force and used < self.settings.compact_ratio * window:
             return ""
-        keep = int(window * 0.25) if not force else int(window * 0.1)
+        if keep is None:
+            keep = int(window * 0.25) if not force else int(window * 0.1)
         out = compact(self.client, self.session.messages, keep)
         if out is None:
             return "nothing to compact"
@@ -96,6 +98,19 @@ class Agent:
         )
         self.events.notice(note)
         return note
+
+    def _complete(self):
+        """One model call; if the server says the context is too long, compact once and retry."""
+        try:
+            return self.client.complete(self.api_messages(), TOOL_SPECS, on_text=self.events.text)
+        except ProviderError as e:
+            if e.status != 400 or "context" not in str(e).lower():
+                raise
+            # the window setting was wrong for this server: keep only a quarter of what we sent
+            keep = estimate_tokens(self.session.messages) // 4
+            if not self.compact(force=True, keep=keep).startswith("compacted"):
+                raise
+            return self.client.complete(self.api_messages(), TOOL_SPECS, on_text=self.events.text)
 
     # -- one tool call ------------------------------------------------------------------
     def _execute(self, call: ToolCall) -> tuple[str, bool]:
@@ -132,7 +147,7 @@ class Agent:
         try:
             for _ in range(self.settings.max_turns):
                 self.compact()
-                reply = self.client.complete(self.api_messages(), TOOL_SPECS, on_text=self.events.text)
+                reply = self._complete()
                 res.turns += 1
                 res.usage.add(reply.usage)
                 self.total.add(reply.usage)
