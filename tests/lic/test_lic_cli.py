@@ -455,3 +455,9 @@ def test_step_limit_and_task_from_stdin(repo, capsys, monkeypatch):
     with ScriptedServer([{"content": "ok"}]) as srv:
         rc, res, _ = lic(capsys, srv, repo, "-")
     assert rc == 0 and srv.requests[0]["messages"][-1]["content"] == "task from stdin\n"
+
+
+def test_repl_without_a_terminal_says_how_to_run_headless(repo):
+    p = run_cli(["--base-url", "http://127.0.0.1:9/v1"], cwd=repo, stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and "needs a terminal; use -p TASK" in p.stderr
+    assert "Traceback" not in p.stderr
