@@ -52,6 +52,9 @@ class ModelConfig:
     index_n_heads: int = 0
     index_head_dim: int = 0
     index_topk: int = 0
+    # attn helper additions (SPEC 1.3):
+    shared_kv: bool = False  # V4 MQA: one K=V head (wkv + kv_norm), per-head q RMS norm, inverse RoPE on output
+    compress_rope_theta: float = 0.0  # RoPE base of CSA/HCA layers (V4-Flash: 160000, with YaRN); 0 -> rope_theta
 
     # ---- mHC (SPEC 1.1) ---------------------------------------------------------
     hc_mult: int = 1  # number of residual streams n; 1 = plain residual
@@ -138,6 +141,12 @@ class ModelConfig:
             if any(r == 4 for r in self.compress_ratios):
                 need(self.index_n_heads > 0 and self.index_head_dim > 0 and self.index_topk > 0,
                      "CSA layers (compress ratio 4) need index_n_heads, index_head_dim, index_topk > 0")
+                need(self.index_head_dim >= self.rope_dim,
+                     f"index_head_dim ({self.index_head_dim}) must be >= the rope dims ({self.rope_dim})")
+            if any(r > 0 for r in self.compress_ratios):
+                need(self.shared_kv, "compressed attention (compress_ratios > 0) needs shared_kv=true")
+        if self.shared_kv:
+            need(self.n_kv_heads in (0, 1), "shared_kv means one KV head: n_kv_heads must be 0 or 1")
         if self.o_groups:
             need(self.n_heads % self.o_groups == 0, "n_heads must be a multiple of o_groups")
             need(self.o_lora_rank > 0, "o_groups needs o_lora_rank > 0")
