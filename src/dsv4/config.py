@@ -53,8 +53,10 @@ class ModelConfig:
     index_head_dim: int = 0
     index_topk: int = 0
     # attn helper additions (SPEC 1.3):
-    shared_kv: bool = False  # V4 MQA: one K=V head (wkv + kv_norm), per-head q RMS norm, inverse RoPE on output
-    compress_rope_theta: float = 0.0  # RoPE base of CSA/HCA layers (V4-Flash: 160000, with YaRN); 0 -> rope_theta
+    # V4 MQA: one K=V head (wkv + kv_norm), queries RMS-normed per head, inverse RoPE on the output
+    shared_kv: bool = False
+    # RoPE base of CSA/HCA layers (V4-Flash: 160000, with YaRN); 0 -> rope_theta
+    compress_rope_theta: float = 0.0
 
     # ---- mHC (SPEC 1.1) ---------------------------------------------------------
     hc_mult: int = 1  # number of residual streams n; 1 = plain residual

@@ -209,7 +209,10 @@ class Attention(nn.Module):
         xd, qd = x.detach(), qr.detach()  # the indexer learns only from its KL loss
         keys = self.indexer.compressor(xd, freqs[::r])
         scores = self.indexer.scores(xd, qd, keys, freqs)
-        allowed = topk_select(scores, visible, self.indexer.topk) if sparse else visible.unsqueeze(0).expand(B, -1, -1)
+        if sparse:
+            allowed = topk_select(scores, visible, self.indexer.topk)
+        else:
+            allowed = visible.unsqueeze(0).expand(B, -1, -1)
         return entries, allowed, (scores, allowed) if want_kl else None
 
     # ---- window + compressed + sink attention ---------------------------------------------------

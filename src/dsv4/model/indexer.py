@@ -40,7 +40,8 @@ class Indexer(nn.Module):
         self.compressor = Compressor(cfg.dim, self.head_dim, ratio, cfg.norm_eps)
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
-    def scores(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor,
+               freqs: torch.Tensor) -> torch.Tensor:
         """Index scores [B, T, N] (fp32) of queries x/qr [B, T, *] (rotations freqs [T, r/2])
         against compressed index keys [B, N, index_head_dim]."""
         B, T, _ = x.shape
@@ -78,5 +79,6 @@ def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.
     # rows without candidates get finite dummy logits so log_softmax never sees an all -inf row
     logits = scores.float().masked_fill(~candidates, float("-inf")).masked_fill(~valid.unsqueeze(-1), 0.0)
     logq = F.log_softmax(logits, dim=-1)
-    per_entry = torch.where(candidates, torch.xlogy(target, target) - target * logq.masked_fill(~candidates, 0.0), 0.0)
+    per_entry = torch.xlogy(target, target) - target * logq.masked_fill(~candidates, 0.0)
+    per_entry = torch.where(candidates, per_entry, 0.0)
     return per_entry.sum(-1)[valid].mean()
