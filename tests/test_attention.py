@@ -137,7 +137,8 @@ def test_csa_with_topk_covering_all_blocks_equals_dense():
         set_indexer_stage(a, "dense")
         dense, _ = run(a, x)
         want = ref_attention(a, x, dense=True)
-    torch.testing.assert_close(sparse, dense, atol=0, rtol=0)
+    # different code paths (gathered top-k columns vs masked dense columns), same attention
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(dense, want, atol=2e-5, rtol=1e-4)
     # and a small top-k really is sparse: it changes the result
     a_small = make_attn(1, index_topk=2)

@@ -46,21 +46,21 @@ class Indexer(nn.Module):
         against compressed index keys [B, N, index_head_dim]."""
         B, T, _ = x.shape
         q = apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs)
-        w = self.weights_proj(x).float() * self.weight_scale  # [B, T, H]
+        w = self.weights_proj(x) * self.weight_scale  # [B, T, H]
         dots = torch.matmul(q.reshape(B, T * self.n_heads, self.head_dim), keys.to(q.dtype).transpose(1, 2))
-        dots = dots.float().relu().view(B, T, self.n_heads, -1)
-        return (dots * w.unsqueeze(-1)).sum(dim=2)
+        dots = dots.relu_().view(B, T, self.n_heads, -1)
+        # the head-weighted sum as a matmul: no [B, T, H, N] temporary (DeepSeek also scores in bf16)
+        return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
 
 
-def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool [B, T, N]: the top-k causally visible blocks per query (fewer if fewer are visible)."""
-    n = scores.shape[-1]
-    if k >= n:
-        return visible.expand_as(scores).clone()
+def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k causally visible blocks per query: (idx [B, T, k'], ok [B, T, k']) with
+    k' = min(k, N); ok is False for picks beyond the visible blocks (too few complete yet)."""
+    k = min(k, scores.shape[-1])
     masked = scores.masked_fill(~visible, float("-inf"))
     idx = masked.topk(k, dim=-1).indices
-    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-    return chosen & visible  # picks that landed on -inf (too few visible blocks) are dropped
+    ok = visible.expand_as(scores).gather(-1, idx)
+    return idx, ok
 
 
 def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
