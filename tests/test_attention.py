@@ -272,3 +272,21 @@ def test_bf16_autocast_close_to_fp32():
             got = run(a, x)[0]
     assert got.dtype == torch.bfloat16
     assert (got.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@pytest.mark.parametrize("stage", ["dense", "sparse"])
+def test_indexer_learns_to_match_attention(stage):
+    """Stage-wise DSA training: optimising only the indexer on its KL lowers the KL."""
+    a = make_attn(1, index_topk=4)
+    set_indexer_stage(a, stage)
+    x = torch.randn(2, 64, 48)
+    params = [p for n, p in a.named_parameters() if n.startswith("indexer.")]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    kls = []
+    for _ in range(40):
+        _, ctx = run(a, x, train=True)
+        opt.zero_grad()
+        ctx.aux_losses["indexer"].backward()
+        opt.step()
+        kls.append(ctx.stats["indexer_kl"])
+    assert kls[-1] < 0.5 * kls[0], kls
