@@ -290,3 +290,21 @@ def test_indexer_learns_to_match_attention(stage):
         opt.step()
         kls.append(ctx.stats["indexer_kl"])
     assert kls[-1] < 0.5 * kls[0], kls
+
+
+def test_compressor_pool_resumes_from_carried_state():
+    """The cached-decoding contract: pooling later blocks with the previous block's Ca half
+    (ape included) carried in gives the same entries as compressing the whole prefix."""
+    a = make_attn(1)
+    comp = a.compressor
+    x = torch.randn(2, 24, 48)
+    freqs = rope_frequencies(a.cfg, 24, kind="compress")[::4]
+    d = comp.head_dim
+    with torch.no_grad():
+        full = comp(x, freqs)
+        kv, score = comp.project(x)
+        kv, score = kv.view(2, 6, 4, -1), score.view(2, 6, 4, -1)
+        first = comp.finish(comp.pool(kv[:, :3], score[:, :3]), freqs[:3])
+        prev_kv, prev_score = kv[:, 2, :, :d], score[:, 2, :, :d] + comp.ape[:, :d]
+        rest = comp.finish(comp.pool(kv[:, 3:], score[:, 3:], prev_kv, prev_score), freqs[3:])
+    torch.testing.assert_close(torch.cat([first, rest], 1), full)

@@ -5,6 +5,7 @@ import math
 import torch
 
 from dsv4.config import make_config
+from dsv4.model import attention as attn_mod
 from dsv4.model import build_model
 from dsv4.model.attention import Attention, set_indexer_stage
 from dsv4.model.rope import apply_rope, rope_frequencies, rope_table, yarn_inv_freq
@@ -15,15 +16,18 @@ V4 = dict(shared_kv=True, q_lora_rank=32, o_groups=2, o_lora_rank=16, attn_sink=
           max_seq_len=256)
 
 
-def plain_mha(a: Attention, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Textbook causal multi-head attention with partial RoPE (no SDPA)."""
+def plain_mha(a: Attention, x: torch.Tensor, freqs: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """Textbook causal multi-head (grouped-query) attention with partial RoPE (no SDPA)."""
     B, T, _ = x.shape
-    H, D = a.n_heads, a.head_dim
+    H, D, G = a.n_heads, a.head_dim, a.n_kv
     q = apply_rope(a.wq(x).view(B, T, H, D), freqs).transpose(1, 2)
-    k = apply_rope(a.wk(x).view(B, T, H, D), freqs).transpose(1, 2)
-    v = a.wv(x).view(B, T, H, D).transpose(1, 2)
+    k = apply_rope(a.wk(x).view(B, T, G, D), freqs).transpose(1, 2).repeat_interleave(H // G, 1)
+    v = a.wv(x).view(B, T, G, D).transpose(1, 2).repeat_interleave(H // G, 1)
     s = q @ k.transpose(-1, -2) / math.sqrt(D)
-    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    hidden = torch.ones(T, T, dtype=torch.bool).triu(1)
+    if window:
+        hidden |= torch.ones(T, T, dtype=torch.bool).tril(-window)
+    s = s.masked_fill(hidden, float("-inf"))
     return a.wo((s.softmax(-1) @ v).transpose(1, 2).reshape(B, T, -1))
 
 
@@ -44,6 +48,18 @@ def test_baseline_attention_is_plain_mha():
         b.load_state_dict(a.state_dict())
         assert not b.plain
         torch.testing.assert_close(b(x, ctx), want, atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_gqa_over_chunks_is_masked_mha(monkeypatch):
+    monkeypatch.setattr(attn_mod, "MIN_CHUNK", 8)
+    cfg = make_config("tiny", rope_head_dim=16, n_heads=4, head_dim=16, n_kv_heads=2, window_size=7)
+    torch.manual_seed(0)
+    a = Attention(cfg, 0)
+    x = torch.randn(2, 45, cfg.dim)
+    freqs = rope_frequencies(cfg, 45)
+    ctx = ForwardContext(ids=torch.zeros(2, 45, dtype=torch.long), freqs=freqs)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x, ctx), plain_mha(a, x, freqs, window=7), atol=1e-5, rtol=1e-5)
 
 
 def test_yarn_factor_one_is_plain_rope_and_factor_scales_low_frequencies():
