@@ -271,13 +271,9 @@ class Attention(nn.Module):
         out = torch.matmul(pv[..., :Kr].reshape(B, G, nc, Hg * C, Kr), vc)  # [B, G, nc, Hg*C, D]
         if comp is not None:
             p_cmp = pv[..., Kr:]  # [B, 1, nc, Hg, C, k or N]
-            if "idx" in comp:  # weighted sum of each query's own k gathered entries
-                idx = F.pad(comp["idx"], (0, 0, 0, Tp - T))  # [B, Tp, k]
-                picked = ent[torch.arange(B, device=x.device).view(B, 1, 1), idx]  # [B, Tp, k, D]
-                pq = p_cmp.squeeze(1).permute(0, 1, 3, 2, 4).reshape(B * Tp, Hg, -1)
-                o_cmp = torch.bmm(pq, picked.view(B * Tp, -1, D)).view(B, nc, C, Hg, D).transpose(2, 3)
-            else:
-                o_cmp = torch.matmul(p_cmp.reshape(B, -1, K - Kr), ent)
+            if "idx" in comp:  # scatter the k weights back to block ids: one matmul, cheap backward
+                p_cmp = p_cmp.new_zeros(B, nc, Hg, C, ent.shape[1]).scatter_(-1, sel, p_cmp.squeeze(1))
+            o_cmp = torch.matmul(p_cmp.reshape(B, nc * Hg * C, -1), ent)
             out = out + o_cmp.reshape(out.shape)
             if "scores" in comp:
                 mass = probs[..., Kr:].detach().sum(3).reshape(B, Tp, -1)[:, :T]  # summed over heads

@@ -73,12 +73,10 @@ def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.
     p = attn_mass.detach().float() * candidates
     total = p.sum(-1, keepdim=True)
     valid = candidates.any(-1) & (total.squeeze(-1) > 0)
-    if not bool(valid.any()):
-        return scores.sum() * 0.0
     target = p / total.clamp_min(1e-30)
     # rows without candidates get finite dummy logits so log_softmax never sees an all -inf row
     logits = scores.float().masked_fill(~candidates, float("-inf")).masked_fill(~valid.unsqueeze(-1), 0.0)
     logq = F.log_softmax(logits, dim=-1)
     per_entry = torch.xlogy(target, target) - target * logq.masked_fill(~candidates, 0.0)
     per_entry = torch.where(candidates, per_entry, 0.0)
-    return per_entry.sum(-1)[valid].mean()
+    return (per_entry.sum(-1) * valid).sum() / valid.sum().clamp_min(1)  # 0 when no query has candidates
