@@ -19,11 +19,18 @@ V4 switches (names as in DeepSeek's config; facts from its V4 inference code):
     A query at t sees compressed entry i iff its block is complete: (i+1) r <= t+1.
 
 Computation (training / prefill): queries are cut into chunks of C >= window tokens; a
-chunk attends to its own and the previous chunk's raw keys (window mask) plus all
-compressed entries (causal / top-k mask); one fp32 softmax over [raw | compressed | sink].
-Masks are built once per forward and shared by all layers through `ctx.attn_cache`.
-The compressed part is a dense masked product (cost T*N), which is what the CSA == dense
-test relies on; a gather kernel would only pay off at top-k << N.
+chunk attends to its own and the previous chunk's raw keys (window mask) plus the
+compressed entries; one fp32 softmax over [raw | compressed | sink]. HCA and the dense
+indexer stage use all N entries under the causal block mask; the sparse stage gathers
+each query's k selected columns (softmax width 2C + k + 1) and scatters the weights back
+for the value product. Masks are built once per forward and shared by all layers through
+`ctx.attn_cache`. Costs: window O(T*2C), compressed O(T*N) for the q.k products.
+
+Cached decoding (later, inference engine) reuses the same pieces: raw K=V ring buffer of
+the last window_size tokens; `Compressor.project` per new token, `Compressor.pool` +
+`finish` when a block completes (carrying the previous block's Ca half for r = 4);
+compressed entries and indexer keys appended per block; `Indexer.scores` + `topk_select`
+over the cached index keys with `compressed_visible` for the new positions.
 
 Indexer training (DSA, V3.2): `set_indexer_stage(model, "dense" | "sparse")`.
 "dense": the main attention reads all complete blocks; "sparse" (default): only the
