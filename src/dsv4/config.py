@@ -102,8 +102,8 @@ class ModelConfig:
         return self.rope_head_dim or self.head_dim
 
     def layer_compress_ratio(self, layer: int) -> int:
-        # layers past the list (e.g. the MTP block, layer id n_layers) are window-only
-        return self.compress_ratios[layer] if layer < len(self.compress_ratios) else 0
+        # layer == n_layers is the MTP block: window-only, as in V4's released config.
+        return self.compress_ratios[layer] if self.compress_ratios and layer < self.n_layers else 0
 
     # ---- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict:
@@ -138,8 +138,7 @@ class ModelConfig:
         need(self.hc_sinkhorn_iters >= 1, "hc_sinkhorn_iters must be >= 1")
         need(self.window_size >= 0, "window_size must be >= 0")
         if self.compress_ratios:
-            # DeepSeek's list may carry one more entry for the MTP block (layer id n_layers)
-            need(len(self.compress_ratios) in (self.n_layers, self.n_layers + self.n_mtp_layers),
+            need(len(self.compress_ratios) == self.n_layers,
                  f"compress_ratios has {len(self.compress_ratios)} entries for {self.n_layers} layers")
             need(all(r >= 0 for r in self.compress_ratios), "compress_ratios must be >= 0")
             if any(r == 4 for r in self.compress_ratios):
