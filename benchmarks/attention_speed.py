@@ -64,7 +64,7 @@ def main() -> None:
     T = args.seq
     results = {}
     for name, over in VARIANTS.items():
-        cfg = make_config("tiny", **WIDTH, **over, n_layers=1, max_seq_len=T)
+        cfg = make_config("baseline", **WIDTH, **over, n_layers=1, max_seq_len=T)
         torch.manual_seed(0)
         attn = Attention(cfg, 0).train()
         x = torch.randn(1, T, cfg.dim, requires_grad=True)

@@ -17,11 +17,11 @@ from dsv4.model.transformer import ForwardContext
 
 V4 = dict(dim=48, n_heads=4, head_dim=16, rope_head_dim=8, q_lora_rank=24, shared_kv=True, attn_sink=True,
           o_groups=2, o_lora_rank=12, window_size=6, index_n_heads=8, index_head_dim=12, index_topk=3,
-          max_seq_len=512, n_layers=3, compress_ratios=[0, 4, 16])
+          max_seq_len=512, n_layers=3, compress_ratios=[0, 4, 16], vocab_size=256)
 
 
 def make_attn(layer: int, seed: int = 0, **over) -> Attention:
-    cfg = make_config("tiny", **{**V4, **over})
+    cfg = make_config("baseline", **{**V4, **over})  # baseline: every other switch off
     torch.manual_seed(seed)
     a = Attention(cfg, layer)
     with torch.no_grad():  # non-trivial values for params that init at zero / one
