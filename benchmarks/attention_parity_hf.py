@@ -6,12 +6,13 @@ checkpoint converter needs for attention), and compares layer outputs in fp32 on
 sequence that fills several compressed blocks. transformers is NOT a project dependency:
 this is a one-off check for issue 9, not a test. Writes benchmarks/results/attention_parity_hf.json.
 
-    PYTHONPATH=src python benchmarks/attention_parity_hf.py
+    PYTHONPATH=src python benchmarks/attention_parity_hf.py [SEQ_LEN]
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ NAME_MAP = {
 OURS = dict(dim=64, n_layers=3, n_heads=4, head_dim=32, rope_head_dim=16, q_lora_rank=48, shared_kv=True,
             attn_sink=True, o_groups=2, o_lora_rank=24, window_size=8, compress_ratios=[0, 4, 16],
             index_n_heads=8, index_head_dim=24, index_topk=5, rope_theta=10000.0,
-            compress_rope_theta=160000.0, rope_factor=4.0, original_seq_len=32, max_seq_len=128,
+            compress_rope_theta=160000.0, rope_factor=4.0, original_seq_len=128, max_seq_len=512,
             vocab_size=256)
 
 
@@ -58,12 +59,12 @@ def main() -> None:
         index_topk=5, partial_rotary_factor=16 / 32, rope_theta=10000.0, compress_rope_theta=160000.0,
         compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16},
         layer_types=["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"],
-        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
                          "beta_fast": 32, "beta_slow": 1},
-        max_position_embeddings=128, rms_norm_eps=1e-6, n_routed_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=512, rms_norm_eps=1e-6, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32)
     hf_cfg._attn_implementation = "eager"
-    B, T = 2, 100
+    B, T = 2, int(sys.argv[1]) if len(sys.argv) > 1 else 300  # 300: several query chunks
     torch.manual_seed(0)
     x = torch.randn(B, T, 64)
     pos = torch.arange(T).unsqueeze(0).expand(B, -1)
