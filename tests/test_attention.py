@@ -96,7 +96,8 @@ def ref_attention(a: Attention, x: torch.Tensor, dense: bool = False):
             n_vis = (t + 1) // a.ratio if a.ratio else 0
             chosen = list(range(n_vis))
             if a.indexer is not None and not dense and n_vis > cfg.index_topk:
-                chosen = scores[b, t, :n_vis].topk(cfg.index_topk).indices.tolist()
+                order = torch.sort(scores[b, t, :n_vis], descending=True, stable=True).indices
+                chosen = order[: cfg.index_topk].tolist()  # ties: earliest block first
             keys += [ents[b, i] for i in chosen]
             K = torch.stack(keys)
             for h in range(cfg.n_heads):
@@ -308,3 +309,23 @@ def test_compressor_pool_resumes_from_carried_state():
         prev_kv, prev_score = kv[:, 2, :, :d], score[:, 2, :, :d] + comp.ape[:, :d]
         rest = comp.finish(comp.pool(kv[:, 3:], score[:, 3:], prev_kv, prev_score), freqs[3:])
     torch.testing.assert_close(torch.cat([first, rest], 1), full)
+
+
+def test_topk_ties_go_to_the_earliest_block():
+    """Selection = a stable descending sort (deterministic under ties, whatever N is), in O(N)."""
+    from dsv4.model.indexer import topk_indices, topk_select
+
+    torch.manual_seed(0)
+    for _ in range(30):
+        scores = torch.randint(-2, 3, (2, 7, 13)).float().relu()  # ReLU scores: many exact ties
+        visible = torch.rand(7, 13) > 0.3
+        k = int(torch.randint(1, 16, ()))
+        order = torch.sort(scores.masked_fill(~visible, float("-inf")), dim=-1, descending=True, stable=True)
+        want = torch.zeros(2, 7, 13, dtype=torch.bool).scatter_(-1, order.indices[..., :k], True) & visible
+        assert torch.equal(topk_select(scores, visible, k), want)
+        idx, ok = topk_indices(scores, visible, k)
+        assert torch.equal(torch.zeros_like(want).scatter_(-1, idx, ok), want)
+        # more blocks after the visible ones (a longer forward) do not change the picks
+        longer = torch.cat([scores, torch.rand(2, 7, 5)], -1)
+        wider = torch.cat([visible, torch.zeros(7, 5, dtype=torch.bool)], -1)
+        assert torch.equal(topk_select(longer, wider, k)[..., :13], want)

@@ -53,7 +53,7 @@ from torch import nn
 
 from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
-from dsv4.model.indexer import Indexer, indexer_kl, topk_select
+from dsv4.model.indexer import Indexer, indexer_kl, topk_indices
 from dsv4.model.norm import RMSNorm
 from dsv4.model.rope import apply_rope, rope_frequencies
 
@@ -221,7 +221,7 @@ class Attention(nn.Module):
             if want_kl:
                 out["scores"] = scores
         if sparse:
-            out["idx"], out["ok"] = topk_select(scores, visible, self.indexer.topk)
+            out["idx"], out["ok"] = topk_indices(scores, visible, self.indexer.topk)
         else:
             out["allowed"] = visible.unsqueeze(0)
         return out

@@ -53,14 +53,42 @@ class Indexer(nn.Module):
         return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
 
 
-def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k causally visible blocks per query: (idx [B, T, k'], ok [B, T, k']) with
-    k' = min(k, N); ok is False for picks beyond the visible blocks (too few complete yet)."""
+def topk_chosen(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [B, T, N]: exactly min(k, N) picks per query, the highest visible scores first.
+
+    Ties (common: ReLU makes many scores exactly 0) go to the EARLIEST block, like a
+    stable descending sort but in O(N): topk's own tie-break could depend on N, i.e. on
+    how many tokens follow in the same forward, and a cached decoder would then read other
+    blocks than a full recompute. Rows with fewer than k visible blocks also pick invisible
+    (-inf) ones; callers AND with `visible`."""
     k = min(k, scores.shape[-1])
     masked = scores.masked_fill(~visible, float("-inf"))
-    idx = masked.topk(k, dim=-1).indices
-    ok = visible.expand_as(scores).gather(-1, idx)
-    return idx, ok
+    kth = masked.topk(k, dim=-1).values[..., -1:]  # the k-th largest value (ties: same value)
+    above = masked > kth
+    tied = masked == kth
+    room = k - above.sum(-1, keepdim=True)  # tied slots still to fill, in index order
+    return above | (tied & (tied.cumsum(-1) <= room))
+
+
+def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [B, T, N]: the top-k causally visible blocks per query (fewer if fewer are visible)."""
+    return topk_chosen(scores, visible, k) & visible
+
+
+def chosen_indices(chosen: torch.Tensor, k: int) -> torch.Tensor:
+    """The block ids [B, T, k] of a mask with exactly k Trues per row, in increasing order."""
+    slot = torch.where(chosen, chosen.cumsum(-1) - 1, k)  # rank among the row's picks; k = discard
+    ids = torch.arange(chosen.shape[-1], device=chosen.device).expand_as(chosen)
+    out = torch.zeros(*chosen.shape[:-1], k + 1, dtype=torch.long, device=chosen.device)
+    return out.scatter_(-1, slot, ids)[..., :k]
+
+
+def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, T, k'], ok [B, T, k']) with k' = min(k, N): the `topk_chosen` blocks as ids, and
+    whether each pick is a real, causally visible block (False where too few are complete yet)."""
+    k = min(k, scores.shape[-1])
+    idx = chosen_indices(topk_chosen(scores, visible, k), k)
+    return idx, visible.expand_as(scores).gather(-1, idx)
 
 
 def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
