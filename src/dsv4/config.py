@@ -52,6 +52,11 @@ class ModelConfig:
     index_n_heads: int = 0
     index_head_dim: int = 0
     index_topk: int = 0
+    # attn helper additions (SPEC 1.3):
+    # V4 MQA: one K=V head (wkv + kv_norm), queries RMS-normed per head, inverse RoPE on the output
+    shared_kv: bool = False
+    # RoPE base of CSA/HCA layers (V4-Flash: 160000, with YaRN); 0 -> rope_theta
+    compress_rope_theta: float = 0.0
 
     # ---- mHC (SPEC 1.1) ---------------------------------------------------------
     hc_mult: int = 1  # number of residual streams n; 1 = plain residual
@@ -97,7 +102,8 @@ class ModelConfig:
         return self.rope_head_dim or self.head_dim
 
     def layer_compress_ratio(self, layer: int) -> int:
-        return self.compress_ratios[layer] if self.compress_ratios else 0
+        # layer == n_layers is the MTP block: window-only, as in V4's released config.
+        return self.compress_ratios[layer] if self.compress_ratios and layer < self.n_layers else 0
 
     # ---- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict:
@@ -138,6 +144,12 @@ class ModelConfig:
             if any(r == 4 for r in self.compress_ratios):
                 need(self.index_n_heads > 0 and self.index_head_dim > 0 and self.index_topk > 0,
                      "CSA layers (compress ratio 4) need index_n_heads, index_head_dim, index_topk > 0")
+                need(self.index_head_dim >= self.rope_dim,
+                     f"index_head_dim ({self.index_head_dim}) must be >= the rope dims ({self.rope_dim})")
+            if any(r > 0 for r in self.compress_ratios):
+                need(self.shared_kv, "compressed attention (compress_ratios > 0) needs shared_kv=true")
+        if self.shared_kv:
+            need(self.n_kv_heads in (0, 1), "shared_kv means one KV head: n_kv_heads must be 0 or 1")
         if self.o_groups:
             need(self.n_heads % self.o_groups == 0, "n_heads must be a multiple of o_groups")
             need(self.o_lora_rank > 0, "o_groups needs o_lora_rank > 0")

@@ -44,6 +44,11 @@ class ForwardContext:
     freqs: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    # attention (attn helper): RoPE table of CSA/HCA layers for the same positions as
+    # `freqs` (None -> computed on first use for positions 0..T-1), and masks shared by
+    # all layers of one forward pass
+    freqs_compress: torch.Tensor | None = None
+    attn_cache: dict = field(default_factory=dict)
 
 
 class PlainResidual(nn.Module):
@@ -93,7 +98,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
-            if name.endswith(("wo.weight", "w2.weight")):
+            if name.endswith(("wo.weight", "wo_b.weight", "w2.weight")):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layers))
             else:
                 nn.init.normal_(p, 0.0, std)
