@@ -25,7 +25,9 @@ from torch import nn
 
 from dsv4.config import ModelConfig, make_config
 from dsv4.model.attention import Attention
+from dsv4.model.engram import Engram, set_engram_tokenizer
 from dsv4.model.ffn import FeedForward
+from dsv4.model.moe import MoE
 from dsv4.model.norm import RMSNorm
 from dsv4.model.rope import rope_frequencies
 
@@ -64,14 +66,18 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
+        self.engram = Engram(cfg, layer_id) if layer_id in cfg.engram_layer_ids else None
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg, layer_id)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = FeedForward(cfg.dim, cfg.ffn_dim, cfg.swiglu_limit)
+        self.ffn = (MoE(cfg, layer_id) if cfg.n_routed_experts
+                    else FeedForward(cfg.dim, cfg.ffn_dim, cfg.swiglu_limit))
         self.attn_residual = PlainResidual()
         self.ffn_residual = PlainResidual()
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        if self.engram is not None:
+            x = self.engram(x, ctx)  # H <- H + Y, before attention (Engram sec. 2.3)
         x = self.attn_residual(x, lambda h: self.attn(self.attn_norm(h), ctx))
         x = self.ffn_residual(x, lambda h: self.ffn(self.ffn_norm(h), ctx))
         return x
@@ -94,6 +100,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """GPT-style init: N(0, init_std), output projections scaled by 1/sqrt(2L)."""
+        if self.embed.weight.is_meta:  # built for parameter counting: nothing to initialise
+            return
         std = self.config.init_std
         for name, p in self.named_parameters():
             if p.dim() < 2:
@@ -151,6 +159,12 @@ class Transformer(nn.Module):
             else:
                 groups["adamw"].append((name, p))
         return groups
+
+    def set_engram_tokenizer(self, tokenizer) -> int:
+        """Build the Engram compression map from `tokenizer` (`.decode(ids)`, `.vocab_size`) into
+        every Engram layer's `compress` buffer (identity until called; saved in checkpoints).
+        Call once after building a model that is trained from scratch. Returns #canonical ids."""
+        return set_engram_tokenizer(self, tokenizer)
 
     def after_optimizer_step(self) -> None:
         """Let sublayers update non-gradient state after each step (MoE bias balancing)."""
