@@ -35,5 +35,9 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv, self.head_dim)
         q, k = apply_rope(q, freqs), apply_rope(k, freqs)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+        mask = None
+        if ctx.cache is not None:  # [serve] hook: store k/v, attend over the cached prefix
+            k, v, mask = ctx.cache[self.layer_id].update(k, v, ctx.positions)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             enable_gqa=self.n_kv != self.n_heads)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))

@@ -44,6 +44,11 @@ class ForwardContext:
     freqs: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    # [serve] incremental decoding (dsv4.infer): a cache object whose `[layer_id]` is that
+    # layer's cache, and the absolute position of every token [B, T] (rows may differ:
+    # ragged batches). With a cache, `freqs` is per token: [B, T, rope_dim/2].
+    cache: object | None = None
+    positions: torch.Tensor | None = None
 
 
 class PlainResidual(nn.Module):

@@ -1,0 +1,7 @@
+"""Inference: per-layer caches, sampling, the continuous-batching engine, speculative decoding.
+
+- `cache`     KV caches by attention type (dense, sliding-window ring, compressed entries).
+- `sampling`  `SamplingParams` and the seeded next-token sampler.
+- `text`      incremental detokenisation with stop strings.
+- `engine`    `Engine(model, tokenizer)`: prefill + batched decode, streaming, speculation.
+"""
