@@ -188,7 +188,6 @@ class CompressedCache:
     def push(self, rows: torch.Tensor, positions: torch.Tensor, **raw: torch.Tensor):
         """Store raw features [B, T, ...]; return [(row_index, block_ids, {name: [n, span, ...]})]
         for every row that completed blocks (positions before 0 of an early block are zeros)."""
-        self.raw.write(rows, positions, **raw)
         done = []
         for b in range(rows.shape[0]):
             slot = int(rows[b])
@@ -197,14 +196,19 @@ class CompressedCache:
             blocks = blocks[(blocks + 1) * self.ratio - 1 >= first]
             if blocks.numel() == 0:
                 continue
-            offs = torch.arange(-self.span, 0)
-            pos = (blocks.unsqueeze(1) + 1) * self.ratio + offs  # [n, span]
+            pos = (blocks.unsqueeze(1) + 1) * self.ratio + torch.arange(-self.span, 0)  # [n, span]
+            lo = max(int(pos.min()), 0)
             feats = {}
-            for name in raw:
-                got = self.raw.gather(slot, pos.clamp(min=0), name)
-                feats[name] = torch.where((pos >= 0).view(*pos.shape, *[1] * (got.dim() - 2)), got,
-                                          torch.zeros_like(got))
+            for name, t in raw.items():
+                # the span's tokens: earlier ones from the ring (the partial state), then the chunk
+                old = (self.raw.gather(slot, torch.arange(lo, first), name) if lo < first
+                       else t.new_zeros(0, *t.shape[2:]))
+                local = torch.cat([old.to(t.dtype), t[b]], dim=0)
+                got = local[(pos - lo).clamp(min=0)]
+                keep = (pos >= 0).view(*pos.shape, *[1] * (got.dim() - 2))
+                feats[name] = torch.where(keep, got, torch.zeros_like(got))
             done.append((b, blocks, feats))
+        self.raw.write(rows, positions, **raw)
         return done
 
     def store(self, row: int, blocks: torch.Tensor, entries: torch.Tensor) -> None:
