@@ -102,6 +102,7 @@ class Engine:
         self.running: list[Sequence] = []
         self._ids = itertools.count()
         self.spec_stats = {"drafted": 0, "accepted": 0, "steps": 0}
+        self.n_cancelled = 0
         eos = getattr(tokenizer, "eos_id", None)
         self.eos_ids = {eos} if eos is not None else set()
 
@@ -129,6 +130,7 @@ class Engine:
             self.waiting.remove(seq)
         if not seq.finished:
             seq.finish_reason = "cancelled"
+            self.n_cancelled += 1
         self._release(seq)
 
     def has_work(self) -> bool:

@@ -16,6 +16,8 @@ class TextStream:
         self.stop = [s for s in (stop or []) if s]
         self.longest = max((len(s) for s in self.stop), default=0)
         self.ids: list[int] = []
+        # byte-level tokenizers expose each token's bytes: appending is O(1) per token
+        self._bytes = bytearray() if hasattr(tokenizer, "id_to_bytes") else None
         self.text = ""
         self.sent = 0  # characters already released
         self.stopped = False  # a stop string was found; text ends before it
@@ -26,7 +28,11 @@ class TextStream:
             return
         prev = len(self.text)
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids)
+        if self._bytes is not None:
+            self._bytes += self.tokenizer.id_to_bytes(token)
+            self.text = self._bytes.decode("utf-8", errors="replace")
+        else:
+            self.text = self.tokenizer.decode(self.ids)
         if self.stop:
             start = max(0, prev - self.longest - 4)  # a stop may straddle the old end
             cut = min((i for i in (self.text.find(s, start) for s in self.stop) if i >= 0), default=-1)
