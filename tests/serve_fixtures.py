@@ -78,7 +78,8 @@ class LiveServer:
     def __init__(self, ckpt: Path, *extra: str, api_key: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-c", "import sys; from dsv4.cli import main; sys.exit(main())", "serve", "--ckpt", str(ckpt), "--port", str(self.port),
+        cmd = [sys.executable, "-c", "import sys; from dsv4.cli import main; sys.exit(main())",
+               "serve", "--ckpt", str(ckpt), "--port", str(self.port),
                "--model-name", "tiny", *extra]
         if api_key:
             cmd += ["--api-key", api_key]

@@ -12,6 +12,10 @@ import time
 import httpx
 import openai
 import pytest
+
+from dsv4.data.chat import parse_assistant
+from dsv4.infer.load import load_engine
+from dsv4.infer.sampling import SamplingParams
 from serve_fixtures import (
     WEATHER_CALL,
     WEATHER_QUESTION,
@@ -19,10 +23,6 @@ from serve_fixtures import (
     LiveServer,
     make_tiny_checkpoint,
 )
-
-from dsv4.data.chat import parse_assistant
-from dsv4.infer.load import load_engine
-from dsv4.infer.sampling import SamplingParams
 
 KEY = "sk-test-key"
 MAX_BATCH = 8
@@ -102,7 +102,8 @@ def test_chat_logprobs_and_n_with_seed(client):
 
 def test_completions(client, local):
     want = local.generate("import os\n", SamplingParams(max_tokens=12, temperature=0))[0]
-    r = client.completions.create(model="tiny", prompt="import os\n", max_tokens=12, temperature=0, logprobs=2)
+    r = client.completions.create(model="tiny", prompt="import os\n", max_tokens=12, temperature=0,
+                                  logprobs=2)
     assert r.choices[0].text == want.text and r.usage.completion_tokens == len(want.token_ids)
     assert len(r.choices[0].logprobs.token_logprobs) == len(want.token_ids)
     assert all(len(t) <= 2 for t in r.choices[0].logprobs.top_logprobs)
@@ -137,7 +138,8 @@ def test_tool_calls(client):
             calls += ch.delta.tool_calls or []
             finish = ch.finish_reason or finish
     assert finish == "tool_calls" and content == "" and len(calls) == 1
-    assert calls[0].function.name == "get_weather" and json.loads(calls[0].function.arguments) == {"city": "Paris"}
+    assert calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
     # the tool result goes back through the template
     follow = msgs + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
                      {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}]
@@ -169,6 +171,7 @@ def test_sixteen_concurrent_streams_all_finish_and_match(server, local):
     assert h["running"] == 0 and h["free_slots"] == MAX_BATCH
 
 
+USER = [{"role": "user", "content": "x"}]
 BAD = [
     ("chat", b"{not json", 400, None),
     ("chat", b"[1, 2]", 400, None),
@@ -177,19 +180,20 @@ BAD = [
     ("chat", {"model": "tiny", "messages": []}, 400, None),
     ("chat", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
     ("chat", {"model": "tiny", "messages": [{"role": "user", "content": 5}]}, 400, None),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, None),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400, None),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, None),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": "a"}, 400, None),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, None),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}, 400,
+    ("chat", {"model": "tiny", "messages": USER, "temperature": "hot"}, 400, None),
+    ("chat", {"model": "tiny", "messages": USER, "temperature": 5}, 400, None),
+    ("chat", {"model": "tiny", "messages": USER, "stream": "yes"}, 400, None),
+    ("chat", {"model": "tiny", "messages": USER, "max_tokens": "a"}, 400, None),
+    ("chat", {"model": "tiny", "messages": USER, "max_tokens": 0}, 400, None),
+    ("chat", {"model": "tiny", "messages": USER, "max_tokens": 5000}, 400,
      "context_length_exceeded"),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 0}, 400, None),
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 99}, 400, None),
+    ("chat", {"model": "tiny", "messages": USER, "n": 0}, 400, None),
+    ("chat", {"model": "tiny", "messages": USER, "n": 99}, 400, None),
     ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x" * 6000}]}, 400,
      "context_length_exceeded"),
-    ("chat", {"model": "gpt-5", "messages": [{"role": "user", "content": "x"}]}, 404, "model_not_found"),
-    ("chat", {"model": "tiny", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}, 400, None),
+    ("chat", {"model": "gpt-5", "messages": USER}, 404, "model_not_found"),
+    ("chat", {"model": "tiny", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}, 400,
+     None),
     ("completions", {"model": "tiny", "prompt": ""}, 400, None),
     ("completions", {"model": "tiny", "prompt": [1, 99999]}, 400, None),
     ("completions", {"model": "tiny", "prompt": "x", "logprobs": 50}, 400, None),

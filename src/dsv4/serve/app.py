@@ -300,7 +300,8 @@ def create_app(scheduler, tokenizer, model_name: str = "dsv4", api_key: str | No
             if msg.get("tool_calls"):
                 finish[i] = "tool_calls"
                 msg["content"] = msg["content"] or None
-            choices.append({"index": i, "message": msg, "logprobs": lp_obj(lps[i]), "finish_reason": finish[i]})
+            choices.append({"index": i, "message": msg, "logprobs": lp_obj(lps[i]),
+                            "finish_reason": finish[i]})
         return {"id": rid, "object": "chat.completion", "created": now, "model": model_name,
                 "choices": choices, "usage": usage(len(ids), n_out)}
 
