@@ -20,6 +20,9 @@ COMMAND_MODULES = [
     "dsv4.cli.model",
     "dsv4.cli.serve",
     "dsv4.cli.data",
+    "dsv4.cli.train",
+    "dsv4.cli.generate",
+    "dsv4.cli.quickstart",
 ]
 
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class TrainProgress:
     def __init__(self, enabled: bool, total: float, start: float, by_time: bool):
         self.enabled, self.by_time = enabled, by_time
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, log_path=False)
         self._progress = None
         if not enabled:
             return
