@@ -19,6 +19,7 @@ from dsv4.errors import UserError
 COMMAND_MODULES = [
     "dsv4.cli.model",
     "dsv4.cli.serve",
+    "dsv4.cli.chat",
     "dsv4.cli.data",
     "dsv4.cli.train",
     "dsv4.cli.generate",
