@@ -23,7 +23,7 @@ def run_incremental(cache_cls, chunks, rollback_at=(), window=0, slack=0, slots=
     torch.manual_seed(0)
     T, H, D = sum(chunks), 2, 8
     q, k, v = (torch.randn(slots, H, T + 3, D) for _ in range(3))
-    owner = SimpleNamespace(rows=torch.arange(slots))
+    owner = SimpleNamespace(rows=torch.arange(slots), row_block=None)
     cache = (WindowCache(owner, slots, window, slack) if cache_cls is WindowCache
              else KVCache(owner, slots, T + 8))
     outs = [[] for _ in range(slots)]
@@ -43,6 +43,7 @@ def run_incremental(cache_cls, chunks, rollback_at=(), window=0, slack=0, slots=
                 vv = torch.cat([vv, torch.randn(1, H, extra, D)], 2)
                 qq = torch.cat([qq, torch.randn(1, H, extra, D)], 2)
             owner.rows = torch.tensor([row])
+            owner.row_block = slice(row, row + 1) if ci % 2 else None  # both code paths
             pos = torch.arange(s, s + n_row + extra).unsqueeze(0)
             ka, va, mask = cache.update(kk, vv, pos)
             out = F.scaled_dot_product_attention(qq, ka, va, attn_mask=mask)

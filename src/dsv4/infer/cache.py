@@ -116,17 +116,24 @@ class KVCache:
             shape = (self.slots, self.max_len, *k.shape[2:])
             self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(shape, dtype=v.dtype, device=v.device)
-        r = rows.unsqueeze(1)
-        self.k[r, positions] = k.to(self.k.dtype)
-        self.v[r, positions] = v.to(self.v.dtype)
+        block = self.owner.row_block  # consecutive slots: views instead of gathers (fast path)
+        if block is not None and rows.shape[0] == 1:
+            p0 = int(positions[0, 0])
+            self.k[block.start, p0:p0 + positions.shape[1]] = k[0]
+            self.v[block.start, p0:p0 + positions.shape[1]] = v[0]
+        else:
+            r = rows.unsqueeze(1)
+            self.k[r, positions] = k.to(self.k.dtype)
+            self.v[r, positions] = v.to(self.v.dtype)
         # Attend over the prefix that the furthest row has reached; a row's cells past its
         # own positions are stale or empty and masked out by position.
         L = int(positions.max()) + 1
-        k_pos = torch.arange(L, device=positions.device)
-        mask = causal_mask(positions, k_pos)
-        k_all = self.k[rows, :L].transpose(1, 2)
-        v_all = self.v[rows, :L].transpose(1, 2)
-        return k_all.to(k.dtype), v_all.to(v.dtype), mask
+        if block is not None:
+            k_all, v_all = self.k[block, :L], self.v[block, :L]
+        else:
+            k_all, v_all = self.k[rows, :L], self.v[rows, :L]
+        mask = causal_mask(positions, torch.arange(L, device=positions.device))
+        return k_all.transpose(1, 2).to(k.dtype), v_all.transpose(1, 2).to(v.dtype), mask
 
     def truncate(self, slot: int, length: int) -> None:
         pass  # positions >= length are masked until rewritten
@@ -257,6 +264,7 @@ class ModelCache:
     def __init__(self, model, slots: int, max_len: int, slack: int = 0):
         self.slots, self.max_len = slots, max_len
         self.rows = torch.zeros(0, dtype=torch.long)
+        self.row_block: slice | None = None  # rows as a slice when they are consecutive slots
         self.layers = [make_layer_cache(self, blk.attn, slots, max_len, slack) for blk in model.layers]
         self.tokens = torch.zeros(slots, max_len, dtype=torch.long)
 
@@ -266,6 +274,10 @@ class ModelCache:
     def bind(self, rows: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor) -> None:
         """Declare the slots of the next forward's batch rows and record their token ids."""
         self.rows = rows
+        n = rows.shape[0]
+        r0 = int(rows[0]) if n else 0
+        consecutive = n > 0 and bool((rows == torch.arange(r0, r0 + n)).all())
+        self.row_block = slice(r0, r0 + n) if consecutive else None
         self.tokens[rows.unsqueeze(1), positions] = ids.to(self.tokens.device)
 
     def token_history(self, positions: torch.Tensor, n: int) -> torch.Tensor:
