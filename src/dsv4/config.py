@@ -52,6 +52,11 @@ class ModelConfig:
     index_n_heads: int = 0
     index_head_dim: int = 0
     index_topk: int = 0
+    # attn helper additions (SPEC 1.3):
+    # V4 MQA: one K=V head (wkv + kv_norm), queries RMS-normed per head, inverse RoPE on the output
+    shared_kv: bool = False
+    # RoPE base of CSA/HCA layers (V4-Flash: 160000, with YaRN); 0 -> rope_theta
+    compress_rope_theta: float = 0.0
 
     # ---- mHC (SPEC 1.1) ---------------------------------------------------------
     hc_mult: int = 1  # number of residual streams n; 1 = plain residual
@@ -147,6 +152,12 @@ class ModelConfig:
             if any(r == 4 for r in self.compress_ratios):
                 need(self.index_n_heads > 0 and self.index_head_dim > 0 and self.index_topk > 0,
                      "CSA layers (compress ratio 4) need index_n_heads, index_head_dim, index_topk > 0")
+                need(self.index_head_dim >= self.rope_dim,
+                     f"index_head_dim ({self.index_head_dim}) must be >= the rope dims ({self.rope_dim})")
+            if any(r > 0 for r in self.compress_ratios):
+                need(self.shared_kv, "compressed attention (compress_ratios > 0) needs shared_kv=true")
+        if self.shared_kv:
+            need(self.n_kv_heads in (0, 1), "shared_kv means one KV head: n_kv_heads must be 0 or 1")
         if self.o_groups:
             need(self.n_heads % self.o_groups == 0, "n_heads must be a multiple of o_groups")
             need(self.o_lora_rank > 0, "o_groups needs o_lora_rank > 0")
@@ -234,7 +245,8 @@ def _v4_published(**kw) -> dict:
     deepseek-ai/DeepSeek-V4-Flash and -Pro; transformers' DeepseekV4Config)."""
     return dict(
         vocab_size=129280, max_seq_len=1048576, norm_eps=1e-6, head_dim=512, n_kv_heads=1,
-        rope_head_dim=64, rope_theta=10000.0, rope_factor=16.0, original_seq_len=65536,
+        shared_kv=True, rope_head_dim=64, rope_theta=10000.0, compress_rope_theta=160000.0,
+        rope_factor=16.0, original_seq_len=65536,
         beta_fast=32, beta_slow=1, o_lora_rank=1024, attn_sink=True, window_size=128,
         index_n_heads=64, index_head_dim=128, n_shared_experts=1, n_activated_experts=6,
         n_hash_layers=3, score_func="sqrtsoftplus", swiglu_limit=10.0,
@@ -248,7 +260,8 @@ PRESETS: dict[str, dict] = {
     # Seconds per step, for tests: EVERY component on (window, CSA and HCA layers, indexer,
     # MoE with a hash-routed layer and a shared expert, Engram at one layer, mHC, MTP).
     "tiny": dict(
-        vocab_size=2048, dim=64, n_layers=3, n_heads=2, head_dim=32, n_kv_heads=1, max_seq_len=128,
+        vocab_size=2048, dim=64, n_layers=3, n_heads=2, head_dim=32, n_kv_heads=1, shared_kv=True,
+        max_seq_len=128,
         rope_head_dim=16, q_lora_rank=32, o_groups=2, o_lora_rank=32, attn_sink=True,
         window_size=16, compress_ratios=[0, 4, 16], index_n_heads=2, index_head_dim=16, index_topk=4,
         hc_mult=4, n_routed_experts=4, n_shared_experts=1, n_activated_experts=2, moe_inter_dim=64,
@@ -259,7 +272,8 @@ PRESETS: dict[str, dict] = {
     # The fast model (distillation target, millisecond-level decode): small and shallow,
     # V4 layout with cheap settings; MTP kept for self-speculative decoding.
     "lite": dict(
-        vocab_size=8192, dim=128, n_layers=3, n_heads=4, head_dim=32, n_kv_heads=1, max_seq_len=512,
+        vocab_size=8192, dim=128, n_layers=3, n_heads=4, head_dim=32, n_kv_heads=1, shared_kv=True,
+        max_seq_len=512,
         rope_head_dim=16, q_lora_rank=64, o_groups=2, o_lora_rank=64, attn_sink=True,
         window_size=64, compress_ratios=[0, 4, 32], index_n_heads=2, index_head_dim=16, index_topk=16,
         hc_mult=2, n_routed_experts=4, n_shared_experts=1, n_activated_experts=1, moe_inter_dim=256,
@@ -268,7 +282,8 @@ PRESETS: dict[str, dict] = {
     # The strongest model that trains on a 2-core laptop CPU in the quickstart budget
     # (~10-20 min): every component on, ~6M parameters active (~11M total).
     "flagship": dict(
-        vocab_size=8192, dim=256, n_layers=6, n_heads=4, head_dim=64, n_kv_heads=1, max_seq_len=256,
+        vocab_size=8192, dim=256, n_layers=6, n_heads=4, head_dim=64, n_kv_heads=1, shared_kv=True,
+        max_seq_len=256,
         rope_head_dim=32, q_lora_rank=128, o_groups=2, o_lora_rank=128, attn_sink=True,
         window_size=64, compress_ratios=[0, 4, 16, 4, 16, 4], index_n_heads=4, index_head_dim=32,
         index_topk=16, hc_mult=4, n_routed_experts=8, n_shared_experts=1, n_activated_experts=2,

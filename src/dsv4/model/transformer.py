@@ -56,6 +56,11 @@ class ForwardContext:
     stats: dict[str, float] = field(default_factory=dict)
     # mHC diagnostics: when a list, every HyperConnection appends its comb (first sequence).
     hc_record: list | None = None
+    # attention (attn helper): RoPE table of CSA/HCA layers for the same positions as
+    # `freqs` (None -> computed on first use for positions 0..T-1), and masks shared by
+    # all layers of one forward pass
+    freqs_compress: torch.Tensor | None = None
+    attn_cache: dict = field(default_factory=dict)
 
 
 class Block(nn.Module):
@@ -102,7 +107,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
-            if name.endswith(("wo.weight", "w2.weight")):
+            if name.endswith(("wo.weight", "wo_b.weight", "w2.weight")):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layers))
             else:
                 nn.init.normal_(p, 0.0, std)
