@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from dsv4.cli import main
@@ -71,3 +72,10 @@ def test_cli_summary_json(capsys):
     assert out["components"]["mhc"]["total"] > 0
     assert main(["model", "summary", "--preset", "tiny"]) == 0
     assert "active" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset,total,active", [("v4-flash", 284e9, 13e9), ("v4-pro", 1.6e12, 49e9)])
+def test_published_sizes_within_3_percent(preset, total, active):
+    s = summarize(make_config(preset))
+    assert abs(s["total"] / total - 1) < 0.03, s["total"]
+    assert abs(s["active"] / active - 1) < 0.03, s["active"]

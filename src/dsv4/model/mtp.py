@@ -18,6 +18,8 @@ At inference the same block drafts one token for self-speculative decoding
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,7 +73,7 @@ class MTPBlock(nn.Module):
 
     def loss(self, streams, targets, embed: nn.Module, head: nn.Module, ctx) -> torch.Tensor:
         next_ids, later = mtp_targets(targets)
-        logits = head(self(streams, next_ids, embed, ctx))
+        logits = head(self(streams, next_ids, embed, dataclasses.replace(ctx, ids=next_ids)))
         if (later >= 0).any():
             return F.cross_entropy(logits.float().flatten(0, 1), later.flatten(), ignore_index=-100)
         return logits.sum() * 0.0  # keep the graph (and DDP/FSDP) happy on all-ignored batches

@@ -17,6 +17,7 @@ sizes can be checked on a laptop. Counting conventions (stated in the output too
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
 
@@ -108,11 +109,26 @@ def count_parameters(model: torch.nn.Module, cfg: ModelConfig) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _skip_init():
+    """Make torch.nn.init a no-op: on the meta device there is nothing to initialise, and
+    the per-tensor dispatch of ~35k expert weights would otherwise take a minute."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
 def summarize(cfg: ModelConfig) -> dict:
     """Build `cfg` on the meta device and count its parameters."""
     from dsv4.model.transformer import Transformer
 
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_init():
         model = Transformer(cfg)
     return count_parameters(model, cfg)
 

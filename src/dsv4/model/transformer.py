@@ -31,8 +31,10 @@ from torch import nn
 from dsv4.config import ModelConfig, make_config
 from dsv4.model.attention import Attention
 from dsv4.model.diagnostics import amax_gain_stats
+from dsv4.model.engram import Engram, set_engram_tokenizer
 from dsv4.model.ffn import FeedForward
 from dsv4.model.mhc import HyperHead, PlainResidual, expand_streams, make_residual
+from dsv4.model.moe import MoE
 from dsv4.model.mtp import MTPBlock, mtp_weight
 from dsv4.model.norm import RMSNorm
 from dsv4.model.rope import rope_frequencies
@@ -69,14 +71,18 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
+        self.engram = Engram(cfg, layer_id) if layer_id in cfg.engram_layer_ids else None
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg, layer_id)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = FeedForward(cfg.dim, cfg.ffn_dim, cfg.swiglu_limit)
+        self.ffn = (MoE(cfg, layer_id) if cfg.n_routed_experts
+                    else FeedForward(cfg.dim, cfg.ffn_dim, cfg.swiglu_limit))
         self.attn_residual = make_residual(cfg)
         self.ffn_residual = make_residual(cfg)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        if self.engram is not None:
+            x = self.engram(x, ctx)  # H <- H + Y, before attention (Engram sec. 2.3)
         x = self.attn_residual(x, lambda h: self.attn(self.attn_norm(h), ctx), ctx)
         x = self.ffn_residual(x, lambda h: self.ffn(self.ffn_norm(h), ctx), ctx)
         return x
@@ -181,7 +187,7 @@ class Transformer(nn.Module):
         streams = self._streams(ids, ctx)
         nxt = self.head(self._final(streams[:, -1:])).argmax(-1)  # [B, 1]
         next_ids = torch.cat([ids[:, 1:], nxt], dim=1)  # x_{t+1} for every position t
-        mtp_ctx = dataclasses.replace(ctx, hc_record=None)
+        mtp_ctx = dataclasses.replace(ctx, ids=next_ids, hc_record=None)
         draft = self.head(self.mtp(streams, next_ids, self.embed, mtp_ctx)[:, -1]).argmax(-1)
         return nxt[:, 0], draft
 
@@ -202,6 +208,12 @@ class Transformer(nn.Module):
             else:
                 groups["adamw"].append((name, p))
         return groups
+
+    def set_engram_tokenizer(self, tokenizer) -> int:
+        """Build the Engram compression map from `tokenizer` (`.decode(ids)`, `.vocab_size`) into
+        every Engram layer's `compress` buffer (identity until called; saved in checkpoints).
+        Call once after building a model that is trained from scratch. Returns #canonical ids."""
+        return set_engram_tokenizer(self, tokenizer)
 
     def after_optimizer_step(self) -> None:
         """Let sublayers update non-gradient state after each step (MoE bias balancing)."""
