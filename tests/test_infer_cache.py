@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from dsv4.infer.cache import CompressedCache, KVCache, RingBuffer, WindowCache, causal_mask
+from dsv4.infer.cache import CompressedCache, DenseStore, RingBuffer, RingStore, causal_mask
 
 
 def reference_attention(q, k, v, window):
@@ -24,8 +24,7 @@ def run_incremental(cache_cls, chunks, rollback_at=(), window=0, slack=0, slots=
     T, H, D = sum(chunks), 2, 8
     q, k, v = (torch.randn(slots, H, T + 3, D) for _ in range(3))
     owner = SimpleNamespace(rows=torch.arange(slots), row_block=None)
-    cache = (WindowCache(owner, slots, window, slack) if cache_cls is WindowCache
-             else KVCache(owner, slots, T + 8))
+    cache = RingStore(owner, slots, window + slack) if cache_cls is RingStore else DenseStore(owner, slots, T + 8)
     outs = [[] for _ in range(slots)]
     start = [0, 0]
     lag = 3
@@ -45,8 +44,9 @@ def run_incremental(cache_cls, chunks, rollback_at=(), window=0, slack=0, slots=
             owner.rows = torch.tensor([row])
             owner.row_block = slice(row, row + 1) if ci % 2 else None  # both code paths
             pos = torch.arange(s, s + n_row + extra).unsqueeze(0)
-            ka, va, mask = cache.update(kk, vv, pos)
-            out = F.scaled_dot_product_attention(qq, ka, va, attn_mask=mask)
+            ka, va, k_pos = cache.append(kk.transpose(1, 2), vv.transpose(1, 2), pos)
+            mask = causal_mask(pos, k_pos, window)
+            out = F.scaled_dot_product_attention(qq, ka.transpose(1, 2), va.transpose(1, 2), attn_mask=mask)
             outs[row].append(out[0, :, :n_row])
             if extra:
                 cache.truncate(row, s + n_row)
@@ -63,19 +63,19 @@ def check(cache_cls, chunks, window, rollback_at=(), slack=0):
 
 
 def test_dense_cache_ragged_chunks_and_rollback():
-    check(KVCache, [5, 1, 1, 13, 1, 1, 1, 7, 1, 1], window=0, rollback_at=(2, 5, 9))
+    check(DenseStore, [5, 1, 1, 13, 1, 1, 1, 7, 1, 1], window=0, rollback_at=(2, 5, 9))
 
 
 def test_window_ring_wraps_many_times_with_long_chunks_and_rollback():
     chunks = [11, 1, 1, 20, 1, 1, 1, 3] + [1] * 40
-    check(WindowCache, chunks, window=6, rollback_at=(1, 5, 30, 31, 40), slack=4)
+    check(RingStore, chunks, window=6, rollback_at=(1, 5, 30, 31, 40), slack=4)
 
 
 def test_window_ring_without_slack_loses_rolled_back_history():
     """Why the slack exists: drafts written ahead overwrite cells the window still needs."""
     chunks = [9] + [1] * 12
     try:
-        check(WindowCache, chunks, window=6, rollback_at=tuple(range(1, 13)), slack=0)
+        check(RingStore, chunks, window=6, rollback_at=tuple(range(1, 13)), slack=0)
     except AssertionError:
         return
     raise AssertionError("rollback without slack should lose window entries")
@@ -120,7 +120,8 @@ def test_compressed_cache_blocks_state_causality_and_rollback():
         # a partial block never produces an entry (strict causality)
         assert int(cc.count[1]) == s // ratio
     ref = compress_reference(raw[:s], ratio, span)
-    ent, mask = cc.read(rows, torch.tensor([[s - 1, 13, 2]]))
+    ent = cc.read(rows)
+    mask = causal_mask(torch.tensor([[s - 1, 13, 2]]), cc.block_positions(rows))
     assert torch.allclose(ent[0], ref, atol=1e-5)
     # query at 13 sees blocks ending at 3, 7, 11 only; query at 2 sees none
     assert mask[0, 0, 1].nonzero().flatten().tolist() == [0, 1, 2]
@@ -133,6 +134,6 @@ def test_compressed_cache_blocks_state_causality_and_rollback():
     pos = torch.arange(38, 50).unsqueeze(0)
     for b, blocks, feats in cc.push(rows, pos, x=new[38:50].unsqueeze(0)):
         cc.store(int(rows[b]), blocks, feats["x"].sum(1))
-    ent, _ = cc.read(rows, torch.tensor([[49]]))
+    ent = cc.read(rows)
     assert torch.allclose(ent[0], compress_reference(new[:50], ratio, span), atol=1e-5)
     assert int(cc.count[0]) == 0  # the other slot untouched

@@ -1,27 +1,21 @@
-"""Per-layer caches for incremental decoding, owned by the attention type of each layer.
+"""Caches for incremental decoding: the state each layer keeps between forward passes.
 
-Protocol (what a model's attention sees; model/ imports nothing from here, it only calls):
+Protocol (model/ imports nothing from here, it only calls): when `ctx.cache` is set,
+`Attention.forward(x, ctx)` returns `ctx.cache[layer_id].forward(attn, x, ctx)` and
+`Engram.forward` returns `ctx.cache.engram[layer_id].forward(engram, x, ctx)`. The new
+tokens sit at absolute positions `ctx.positions` [B, T] (each row contiguous, rows may
+differ: a ragged batch, no padding); which cache slots the batch rows are is bound once per
+forward by `ModelCache.bind(rows, ...)`.
 
-    ctx.cache[layer_id].update(k, v, positions) -> (k_all, v_all, mask)
-
-`k`, `v` are the new tokens' keys/values [B, H, T, D]; `positions` [B, T] their absolute
-positions (each row contiguous, rows may differ: a ragged batch). The layer cache stores them
-in the batch rows' slots and returns everything the queries may attend to plus a boolean SDPA
-mask [B, 1, T, L] (True = attend). Which slots the batch rows are is bound once per forward
-by `ModelCache.bind(rows)`.
-
-Layer cache kinds (SPEC 5):
-  - `KVCache`        dense causal attention (the baseline MHA/GQA): every past token.
-  - `WindowCache`    sliding window of the last `window` tokens in a ring buffer of
-                     `window + slack` entries; the slack lets speculative decoding write
-                     ahead and roll back without losing tokens the window still needs.
+Building blocks (SPEC 5), used by `attn_cache.AttentionCache` and `engram_cache.EngramCache`:
+  - `DenseStore`     every past token's key/value (dense causal attention).
+  - `RingStore`      the last `window + slack` tokens in a ring buffer (sliding window); the
+                     slack lets speculative decoding write ahead and roll back without losing
+                     tokens the window still needs.
   - `CompressedCache` compressed KV entries (one per complete block of `ratio` tokens, CSA
                      and HCA) plus the compressor's partial-block state (the raw per-token
                      features of the blocks not yet complete); the indexer's compressed keys
                      are a second `CompressedCache` of their own width.
-
-An attention module may build its own cache by defining `init_cache(slots, max_len, slack)`;
-`make_layer_cache` falls back on the config (window or dense) otherwise.
 
 Every cache supports `truncate(slot, length)`: forget positions >= length (speculative
 rollback, slot reuse). The stale data may stay in memory: reads mask by position.
@@ -101,74 +95,67 @@ class RingBuffer:
 # ---------------------------------------------------------------------------------------
 
 
-class KVCache:
-    """Dense causal KV cache: keys/values [slots, max_len, H, D], written by position."""
+class DenseStore:
+    """Every past token's key (and value) per slot: [slots, max_len, G, D], written by position."""
 
     def __init__(self, owner: ModelCache, slots: int, max_len: int):
         self.owner, self.slots, self.max_len = owner, slots, max_len
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
-        rows = self.owner.rows
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, T, H, D]
+    def append(self, k: torch.Tensor, v: torch.Tensor | None, positions: torch.Tensor):
+        """Store k, v [B, T, G, D] (v None: keys are the values, V4's K = V) at positions [B, T];
+        return (keys [B, L, G, D], values, key positions [L]) covering every row's prefix."""
+        rows, block = self.owner.rows, self.owner.row_block
         if self.k is None:
             shape = (self.slots, self.max_len, *k.shape[2:])
             self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(shape, dtype=v.dtype, device=v.device)
-        block = self.owner.row_block  # consecutive slots: views instead of gathers (fast path)
-        if block is not None and rows.shape[0] == 1:
-            p0 = int(positions[0, 0])
-            self.k[block.start, p0:p0 + positions.shape[1]] = k[0]
-            self.v[block.start, p0:p0 + positions.shape[1]] = v[0]
-        else:
-            r = rows.unsqueeze(1)
-            self.k[r, positions] = k.to(self.k.dtype)
-            self.v[r, positions] = v.to(self.v.dtype)
-        # Attend over the prefix that the furthest row has reached; a row's cells past its
-        # own positions are stale or empty and masked out by position.
+            self.v = None if v is None else torch.zeros(shape, dtype=v.dtype, device=v.device)
+        stores = [(self.k, k)] + ([(self.v, v)] if v is not None else [])
+        for buf, t in stores:
+            if block is not None and rows.shape[0] == 1:  # one row: a slice copy, no scatter
+                p0 = int(positions[0, 0])
+                buf[block.start, p0:p0 + positions.shape[1]] = t[0].to(buf.dtype)
+            else:
+                buf[rows.unsqueeze(1), positions] = t.to(buf.dtype)
+        # The prefix the furthest row has reached; a row's cells past its own positions are
+        # stale or empty and are masked by position.
         L = int(positions.max()) + 1
-        if block is not None:
-            k_all, v_all = self.k[block, :L], self.v[block, :L]
-        else:
-            k_all, v_all = self.k[rows, :L], self.v[rows, :L]
-        mask = causal_mask(positions, torch.arange(L, device=positions.device))
-        return k_all.transpose(1, 2).to(k.dtype), v_all.transpose(1, 2).to(v.dtype), mask
+        sel = block if block is not None else rows
+        k_all = self.k[sel, :L].to(k.dtype)
+        v_all = k_all if v is None else self.v[sel, :L].to(v.dtype)
+        return k_all, v_all, torch.arange(L, device=positions.device)
 
     def truncate(self, slot: int, length: int) -> None:
         pass  # positions >= length are masked until rewritten
 
-    def nbytes_per_token(self) -> int:
-        return 0 if self.k is None else 2 * self.k[0, 0].numel() * self.k.element_size()
 
+class RingStore:
+    """The last `capacity` tokens' keys (and values) per slot, in a `RingBuffer`.
 
-class WindowCache:
-    """Sliding-window KV cache: a ring of `window + slack` cells per slot.
-
-    The queries of a chunk attend to the ring as it was before the chunk (entries of earlier
-    calls only: cells at positions >= the row's first new position are stale, e.g. rolled-back
+    The queries of a chunk see the ring as it was before the chunk (entries of earlier calls
+    only: cells at positions >= the row's first new position are stale, e.g. rolled-back
     drafts) plus the chunk's own keys, so a chunk longer than the ring is still exact.
     """
 
-    def __init__(self, owner: ModelCache, slots: int, window: int, slack: int = 0):
-        self.owner, self.window = owner, window
-        self.ring = RingBuffer(slots, window + slack)
+    def __init__(self, owner: ModelCache, slots: int, capacity: int):
+        self.owner = owner
+        self.ring = RingBuffer(slots, capacity)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+    def append(self, k: torch.Tensor, v: torch.Tensor | None, positions: torch.Tensor):
+        """Like `DenseStore.append`, but key positions are per row: [B, K] (-1 = empty)."""
         rows = self.owner.rows
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, T, H, D]
+        names = ("k",) if v is None else ("k", "v")
+        new = {"k": k} if v is None else {"k": k, "v": v}
         if "k" in self.ring.data:
-            (old_k, old_v), old_pos = self.ring.read(rows, ("k", "v"))
-            start = positions[:, :1]
-            old_pos = torch.where(old_pos < start, old_pos, torch.full_like(old_pos, -1))
-            k_all = torch.cat([old_k.to(k.dtype), k], dim=1)
-            v_all = torch.cat([old_v.to(v.dtype), v], dim=1)
+            old, old_pos = self.ring.read(rows, names)
+            old_pos = torch.where(old_pos < positions[:, :1], old_pos, torch.full_like(old_pos, -1))
+            cat = [torch.cat([o.to(new[n].dtype), new[n]], dim=1) for o, n in zip(old, names, strict=True)]
             k_pos = torch.cat([old_pos, positions], dim=1)
         else:
-            k_all, v_all, k_pos = k, v, positions
-        self.ring.write(rows, positions, k=k, v=v)
-        mask = causal_mask(positions, k_pos, self.window)
-        return k_all.transpose(1, 2), v_all.transpose(1, 2), mask
+            cat, k_pos = [new[n] for n in names], positions
+        self.ring.write(rows, positions, **new)
+        return cat[0], cat[-1], k_pos
 
     def truncate(self, slot: int, length: int) -> None:
         self.ring.truncate(slot, length)
@@ -226,14 +213,21 @@ class CompressedCache:
         self.entries[row, blocks] = entries.to(self.entries.dtype)
         self.count[row] = max(int(self.count[row]), int(blocks.max()) + 1)
 
-    def read(self, rows: torch.Tensor, q_pos: torch.Tensor):
-        """(entries [B, N, ...], mask [B, 1, T, N]) with N the most blocks any row holds."""
-        n = max(int(self.count[rows].max()), 1)
-        ent = self.entries[rows, :n] if self.entries is not None else None
-        block_end = (torch.arange(n) + 1) * self.ratio - 1
-        valid = torch.arange(n).unsqueeze(0) < self.count[rows].unsqueeze(1)  # [B, N]
-        k_pos = torch.where(valid, block_end.unsqueeze(0), torch.full_like(block_end, -1).unsqueeze(0))
-        return ent, causal_mask(q_pos, k_pos)
+    def read(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Entries [B, N, ...] of slots `rows` (N = the most blocks any row holds; a row's
+        entries past its own count are stale: mask them with `block_positions`), or None
+        before the first block of any slot."""
+        if self.entries is None:
+            return None
+        return self.entries[rows, :max(int(self.count[rows].max()), 0)]
+
+    def block_positions(self, rows: torch.Tensor) -> torch.Tensor:
+        """[B, N]: the last position of each held block (-1 where the row holds fewer), for
+        `causal_mask`: a query at p sees entry i iff its block is complete, (i+1)r - 1 <= p."""
+        n = int(self.count[rows].max())
+        ends = (torch.arange(n) + 1) * self.ratio - 1
+        held = torch.arange(n).unsqueeze(0) < self.count[rows].unsqueeze(1)
+        return torch.where(held, ends.unsqueeze(0), torch.full_like(ends, -1).unsqueeze(0))
 
     def truncate(self, slot: int, length: int) -> None:
         self.raw.truncate(slot, length)
@@ -245,28 +239,33 @@ class CompressedCache:
 # ---------------------------------------------------------------------------------------
 
 
-def make_layer_cache(owner: ModelCache, attn, slots: int, max_len: int, slack: int):
-    if hasattr(attn, "init_cache"):
-        return attn.init_cache(owner, slots, max_len, slack)
-    window = getattr(attn.cfg, "window_size", 0) if hasattr(attn, "cfg") else 0
-    if window and window < max_len:
-        return WindowCache(owner, slots, window, slack)
-    return KVCache(owner, slots, max_len)
-
-
 class ModelCache:
-    """One cache per layer plus per-slot bookkeeping: `ctx.cache` for a cached forward.
+    """The whole model's cache: one `AttentionCache` per attention layer (the main blocks and
+    the MTP block, keyed by layer id), one `EngramCache` per Engram layer, the RoPE tables
+    and per-slot token ids. Passed as `ctx.cache` for a cached forward.
 
-    Also keeps every slot's token ids (cheap) so that sublayers that look back at earlier
-    tokens (Engram's N-gram hashing) can read `token_history` in a cached forward.
+    Keeping every slot's token ids (cheap) lets sublayers that look back at earlier tokens
+    (Engram's N-gram hashing) read them in a cached forward (`token_history`).
     """
 
     def __init__(self, model, slots: int, max_len: int, slack: int = 0):
+        from dsv4.infer.attn_cache import AttentionCache
+        from dsv4.infer.engram_cache import EngramCache
+        from dsv4.model.rope import has_compressed_layers, rope_frequencies
+
         self.slots, self.max_len = slots, max_len
         self.rows = torch.zeros(0, dtype=torch.long)
         self.row_block: slice | None = None  # rows as a slice when they are consecutive slots
-        self.layers = [make_layer_cache(self, blk.attn, slots, max_len, slack) for blk in model.layers]
+        blocks = list(model.layers) + ([model.mtp.block] if getattr(model, "mtp", None) is not None else [])
+        self.layers = {b.attn.layer_id: AttentionCache(self, b.attn, slots, max_len, slack) for b in blocks}
+        self.engram = {b.engram.layer_id: EngramCache(self, b.engram, slots, slack)
+                       for b in blocks if getattr(b, "engram", None) is not None}
         self.tokens = torch.zeros(slots, max_len, dtype=torch.long)
+        cfg = model.config
+        device = model.freqs.device
+        self.freqs = rope_frequencies(cfg, max_len, device)
+        self.freqs_compress = (rope_frequencies(cfg, max_len, device, kind="compress")
+                               if has_compressed_layers(cfg) else None)
 
     def __getitem__(self, layer_id: int):
         return self.layers[layer_id]
@@ -288,5 +287,5 @@ class ModelCache:
         return torch.where(pos >= 0, ids, torch.full_like(ids, -1))
 
     def truncate(self, slot: int, length: int) -> None:
-        for layer in self.layers:
-            layer.truncate(slot, length)
+        for c in list(self.layers.values()) + list(self.engram.values()):
+            c.truncate(slot, length)

@@ -17,8 +17,8 @@ with the request's generator, keeps the drafts up to the first disagreement plus
 model's own token there (or a bonus token when all agree), and rolls the caches back.
 Since every position is sampled from the model's own distribution with one draw per
 emitted token, the output equals plain decoding's (exactly at temperature 0). `draft_fn(
-engine, seqs, k) -> LongTensor [B, k]`; each `Sequence` offers `ids` and `hidden` (the
-final hidden state that produced its last token, what an MTP head drafts from).
+engine, seqs, k) -> LongTensor [B, k]`; each `Sequence` offers `ids` and `streams` (the
+residual streams at the position that produced its last token, what an MTP head drafts from).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
-    hidden: torch.Tensor | None = None
+    streams: torch.Tensor | None = None
     # not yet reported by step()
     _new_ids: list[int] = field(default_factory=list)
     _new_logprobs: list[dict] = field(default_factory=list)
@@ -138,18 +138,22 @@ class Engine:
 
     # ---- the model ----------------------------------------------------------------------
     def _forward(self, rows: list[int], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Cached forward of ids [B, T] at positions [B, T] in slots `rows`: hidden [B, T, D]."""
+        """Cached forward of ids [B, T] at positions [B, T] in slots `rows`: the residual
+        streams after the last block [B, T, (n,) D] (what the MTP head drafts from)."""
         rows_t = torch.tensor(rows, dtype=torch.long)
         self.cache.bind(rows_t, ids, positions)
         ids, positions = ids.to(self.device), positions.to(self.device)
-        ctx = ForwardContext(ids=ids, freqs=self.model.freqs[positions], cache=self.cache,
-                             positions=positions)
+        c = self.cache
+        ctx = ForwardContext(ids=ids, freqs=c.freqs[positions], cache=c, positions=positions)
+        if c.freqs_compress is not None:
+            ctx.freqs_compress = c.freqs_compress[positions]
         with torch.inference_mode(), self._amp():
-            return self.model._hidden(ids, ctx)
+            return self.model._streams(ids, ctx)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _logits(self, streams: torch.Tensor) -> torch.Tensor:
+        """Logits (fp32, CPU) of residual streams [..., (n,) D]."""
         with torch.inference_mode(), self._amp():
-            return self.model.head(hidden).float().cpu()
+            return self.model.head(self.model._final(streams)).float().cpu()
 
     def _amp(self):
         if not self.autocast:
@@ -187,20 +191,20 @@ class Engine:
         chunk = seq.prompt[start:start + self.prefill_chunk]
         ids = torch.tensor([chunk], dtype=torch.long)
         pos = torch.arange(start, start + len(chunk)).unsqueeze(0)
-        hidden = self._forward([seq.slot], ids, pos)
+        streams = self._forward([seq.slot], ids, pos)
         seq.n_cached += len(chunk)
         if seq.n_cached == len(seq.prompt):  # the prompt is in: its last logits give token 1
-            seq.hidden = hidden[0, -1]
-            self._emit(seq, self._logits(hidden[:, -1])[0])
+            seq.streams = streams[0, -1]
+            self._emit(seq, self._logits(streams[:, -1:])[0, 0])
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
         ids = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)
         pos = torch.tensor([[s.n_cached] for s in seqs], dtype=torch.long)
-        hidden = self._forward([s.slot for s in seqs], ids, pos)
-        logits = self._logits(hidden[:, -1])
+        streams = self._forward([s.slot for s in seqs], ids, pos)
+        logits = self._logits(streams[:, -1:])[:, 0]
         for b, seq in enumerate(seqs):
             seq.n_cached += 1
-            seq.hidden = hidden[b, -1]
+            seq.streams = streams[b, -1]
             self._emit(seq, logits[b])
 
     def _speculative_step(self, seqs: list[Sequence]) -> None:
@@ -212,15 +216,15 @@ class Engine:
         last = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)
         ids = torch.cat([last, drafts], dim=1)  # [B, k+1]
         pos = torch.tensor([s.n_cached for s in seqs]).unsqueeze(1) + torch.arange(k + 1)
-        hidden = self._forward([s.slot for s in seqs], ids, pos)
-        logits = self._logits(hidden)  # [B, k+1, V]
+        streams = self._forward([s.slot for s in seqs], ids, pos)
+        logits = self._logits(streams)  # [B, k+1, V]
         self.spec_stats["steps"] += 1
         for b, seq in enumerate(seqs):
             n0 = seq.n_cached
             accepted = 0
             for i in range(k + 1):
                 tok = self._emit(seq, logits[b, i])
-                seq.hidden = hidden[b, i]
+                seq.streams = streams[b, i]
                 if seq.finished or i == k or tok != int(drafts[b, i]):
                     break
                 accepted += 1

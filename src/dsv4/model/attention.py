@@ -1,9 +1,41 @@
-"""Causal self-attention.
+"""Causal self-attention: the baseline MHA/GQA and V4's hybrid attention (SPEC 1.3).
 
-Baseline form: multi-head (or grouped-query when n_kv_heads < n_heads) attention with
-RoPE on the last `rope_dim` dims of each head, computed by PyTorch SDPA. The V4 hybrid
-(shared-KV MQA, low-rank q, sinks, sliding window, CSA/HCA compression with the
-lightning indexer) extends this module behind config switches (SPEC 1.3).
+Baseline (every switch off): multi-head (or grouped-query) attention, RoPE on the last
+`rope_dim` dims of each head, PyTorch SDPA with a causal mask.
+
+V4 switches (names as in DeepSeek's config; facts from its V4 inference code):
+  - `q_lora_rank`: low-rank query  x -> wq_a -> q_norm (RMSNorm) -> wq_b;  the rank-r
+    vector ("qr") also feeds the lightning indexer.
+  - `shared_kv`: MQA with ONE projection `wkv` -> `kv_norm` used as both key and value
+    (K = V); queries RMS-normalised per head (no weight); RoPE on the last rope dims of
+    q and kv; because V carries the rotation too, the output's rope dims get the inverse
+    rotation at the query position (V4: relative-position output).
+  - `attn_sink`: a learned per-head logit in the softmax denominator with a zero value.
+  - `o_groups` / `o_lora_rank`: grouped low-rank output: heads split into g groups, each
+    projected by its own block of `wo_a` to o_lora_rank, then `wo_b` mixes to dim.
+  - `window_size`: every query sees the last window_size raw tokens (itself included).
+  - `compress_ratios[layer]`: 0 window only; 4 CSA (overlapping compressor + lightning
+    indexer top-k); other r > 0 HCA (non-overlapping compressor, all complete blocks).
+    A query at t sees compressed entry i iff its block is complete: (i+1) r <= t+1.
+
+Computation (training / prefill): queries are cut into chunks of C >= window tokens; a
+chunk attends to its own and the previous chunk's raw keys (window mask) plus all
+compressed entries (causal / top-k mask); one fp32 softmax over [raw | compressed | sink].
+Masks are built once per forward and shared by all layers through `ctx.attn_cache`.
+The compressed part is a dense masked product (cost T*N), which is what the CSA == dense
+test relies on; a gather kernel would only pay off at top-k << N.
+
+Indexer training (DSA, V3.2): `set_indexer_stage(model, "dense" | "sparse")`.
+"dense": the main attention reads all complete blocks; "sparse" (default): only the
+indexer's top-k. In training, the KL(p_t || softmax(I_t)) between the main attention's
+head-summed probabilities over the candidates (detached) and the index scores goes to
+ctx.aux_losses["indexer"] (mean over CSA layers) and ctx.stats["indexer_kl"]. The indexer
+always reads DETACHED inputs, so it learns only from that KL and the main model only from
+the LM loss (in the dense stage the training loop freezes everything but the indexers).
+
+Differences from DeepSeek's reference, by design: no FP8/FP4 quantisation simulation or
+Hadamard rotation in the indexer (inference-time kernels); the compressor's projections
+follow autocast (bf16) while its pooling runs in fp32 (DeepSeek: all fp32).
 """
 
 from __future__ import annotations
@@ -13,7 +45,61 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsv4.config import ModelConfig
-from dsv4.model.rope import apply_rope
+from dsv4.model.compressor import Compressor
+from dsv4.model.indexer import Indexer, indexer_kl, topk_select
+from dsv4.model.norm import RMSNorm
+from dsv4.model.rope import apply_rope, rope_frequencies
+
+INDEXER_STAGES = ("dense", "sparse")
+MIN_CHUNK = 64  # query chunk floor: tiny windows would otherwise make many tiny matmuls
+
+
+def set_indexer_stage(model: nn.Module, stage: str) -> None:
+    """Switch every CSA layer of `model` to the DSA "dense" warm-up or the "sparse" stage."""
+    if stage not in INDEXER_STAGES:
+        raise ValueError(f"indexer stage must be one of {INDEXER_STAGES}, got {stage!r}")
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.indexer_stage = stage
+
+
+def chunking(T: int, window: int) -> tuple[int, int]:
+    """(chunk length C, number of chunks): one chunk unless a window makes chunks pay off."""
+    if window <= 0:
+        return T, 1
+    C = max(window, MIN_CHUNK)
+    if T <= 2 * C:
+        return T, 1
+    return C, -(-T // C)
+
+
+def window_mask(T: int, C: int, n_chunks: int, window: int, device) -> torch.Tensor:
+    """Bool [n_chunks, C, K_raw]: chunk c's query i (position cC+i) may read raw key j.
+
+    With one chunk the keys are positions 0..T-1; with several, chunk c reads positions
+    (c-1)C .. (c+1)C-1 (K_raw = 2C; C >= window makes that enough)."""
+    c = torch.arange(n_chunks, device=device).view(-1, 1, 1)
+    q_pos = c * C + torch.arange(C, device=device).view(1, -1, 1)
+    k_raw = T if n_chunks == 1 else 2 * C
+    k_pos = c * C - (C if n_chunks > 1 else 0) + torch.arange(k_raw, device=device).view(1, 1, -1)
+    ok = (k_pos >= 0) & (k_pos <= q_pos) & (k_pos < T)
+    if window > 0:
+        ok &= q_pos - k_pos < window
+    return ok
+
+
+def compressed_visible(q_pos: torch.Tensor, n_blocks: int, ratio: int) -> torch.Tensor:
+    """Bool [T, N]: entry i is visible at query position t iff its block is complete."""
+    return torch.arange(n_blocks, device=q_pos.device).view(1, -1) < ((q_pos + 1) // ratio).view(-1, 1)
+
+
+def _cached(ctx, key, make):
+    cache = getattr(ctx, "attn_cache", None)
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 class Attention(nn.Module):
@@ -21,23 +107,168 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layer_id = layer_id
-        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, self.n_kv * self.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, self.n_kv * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=False)
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.n_kv = 1 if cfg.shared_kv else cfg.kv_heads
+        self.ratio = cfg.layer_compress_ratio(layer_id)
+        self.window = cfg.window_size
+        self.eps = cfg.norm_eps
+        self.softmax_scale = self.head_dim ** -0.5
+        self.indexer_stage = "sparse"
+        H, D = self.n_heads, self.head_dim
+        if cfg.q_lora_rank:
+            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, H * D, bias=False)
+        else:
+            self.wq = nn.Linear(cfg.dim, H * D, bias=False)
+        if cfg.shared_kv:
+            self.wkv = nn.Linear(cfg.dim, D, bias=False)
+            self.kv_norm = RMSNorm(D, cfg.norm_eps)
+        else:
+            self.wk = nn.Linear(cfg.dim, self.n_kv * D, bias=False)
+            self.wv = nn.Linear(cfg.dim, self.n_kv * D, bias=False)
+        if cfg.o_groups:
+            self.wo_a = nn.Linear(H * D // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, bias=False)
+            self.wo_b = nn.Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, bias=False)
+        else:
+            self.wo = nn.Linear(H * D, cfg.dim, bias=False)
+        self.attn_sink = nn.Parameter(torch.zeros(H)) if cfg.attn_sink else None
+        self.compressor = Compressor(cfg.dim, D, self.ratio, cfg.norm_eps) if self.ratio else None
+        self.indexer = Indexer(cfg, cfg.q_lora_rank or cfg.dim, self.ratio) if self.ratio == 4 else None
+        # the plain causal pattern runs on SDPA exactly as the baseline always did
+        self.plain = self.window == 0 and not self.ratio and self.attn_sink is None
+
+    # ---- projections ---------------------------------------------------------------------
+    def _freqs(self, ctx) -> torch.Tensor:
+        if not self.ratio:
+            return ctx.freqs
+        f = getattr(ctx, "freqs_compress", None)
+        if f is None:  # positions 0..T-1, like ctx.freqs; a cached decoder sets the field itself
+            f = rope_frequencies(self.cfg, ctx.freqs.shape[0], ctx.freqs.device, kind="compress")
+            if hasattr(ctx, "freqs_compress"):
+                ctx.freqs_compress = f
+        return f
+
+    def _query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        if self.cfg.q_lora_rank:
+            qr = self.q_norm(self.wq_a(x))
+            q = self.wq_b(qr)
+        else:
+            qr, q = x, self.wq(x)
+        return q.view(B, T, self.n_heads, self.head_dim), qr
+
+    def _output(self, o: torch.Tensor) -> torch.Tensor:
+        """[B, T, H, D] -> [B, T, dim]; grouped low-rank when o_groups (einsum bsgd,grd->bsgr)."""
+        B, T = o.shape[:2]
+        if not self.cfg.o_groups:
+            return self.wo(o.reshape(B, T, -1))
+        g, r = self.cfg.o_groups, self.cfg.o_lora_rank
+        og = o.reshape(B * T, g, -1).transpose(0, 1)  # [g, BT, H*D/g]
+        w = self.wo_a.weight.view(g, r, -1).transpose(1, 2)  # [g, H*D/g, r]
+        og = torch.bmm(og, w).transpose(0, 1).reshape(B, T, g * r)
+        return self.wo_b(og)
 
     def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
-        freqs = ctx.freqs
+        if getattr(ctx, "cache", None) is not None:  # [serve] cached decoding: dsv4.infer.attn_cache
+            return ctx.cache[self.layer_id].forward(self, x, ctx)
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv, self.head_dim)
-        q, k = apply_rope(q, freqs), apply_rope(k, freqs)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
-        mask = None
-        if ctx.cache is not None:  # [serve] hook: store k/v, attend over the cached prefix
-            k, v, mask = ctx.cache[self.layer_id].update(k, v, ctx.positions)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             enable_gqa=self.n_kv != self.n_heads)
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        freqs = self._freqs(ctx)
+        q, qr = self._query(x)
+        if self.cfg.shared_kv:
+            q32 = q.float()
+            q = (q32 * torch.rsqrt(q32.pow(2).mean(-1, keepdim=True) + self.eps)).to(q.dtype)
+            k = v = apply_rope(self.kv_norm(self.wkv(x)).unsqueeze(2), freqs)  # [B, T, 1, D], K = V
+        else:
+            k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.head_dim), freqs)
+            v = self.wv(x).view(B, T, self.n_kv, self.head_dim)
+        q = apply_rope(q, freqs)
+        if self.plain:
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                enable_gqa=self.n_kv != self.n_heads).transpose(1, 2)
+        else:
+            out = self._hybrid(x, q, qr, k, v, freqs, ctx)
+        if self.cfg.shared_kv:
+            out = apply_rope(out, freqs, inverse=True)  # undo the rotation V carried
+        return self._output(out)
+
+    # ---- compressed entries and their mask ---------------------------------------------------
+    def _compressed(self, x, qr, freqs, ctx):
+        """(entries [B, N, D], allowed [B|1, T, N] bool, KL inputs or None)."""
+        B, T, _ = x.shape
+        r = self.ratio
+        n = T // r
+        entries = self.compressor(x, freqs[::r])
+        visible = _cached(ctx, ("visible", T, r, x.device),
+                          lambda: compressed_visible(torch.arange(T, device=x.device), n, r))
+        if self.indexer is None:
+            return entries, visible.unsqueeze(0), None
+        want_kl = self.training and torch.is_grad_enabled()
+        sparse = self.indexer_stage == "sparse"
+        if not (sparse or want_kl):
+            return entries, visible.unsqueeze(0), None
+        xd, qd = x.detach(), qr.detach()  # the indexer learns only from its KL loss
+        keys = self.indexer.compressor(xd, freqs[::r])
+        scores = self.indexer.scores(xd, qd, keys, freqs)
+        if sparse:
+            allowed = topk_select(scores, visible, self.indexer.topk)
+        else:
+            allowed = visible.unsqueeze(0).expand(B, -1, -1)
+        return entries, allowed, (scores, allowed) if want_kl else None
+
+    # ---- window + compressed + sink attention ---------------------------------------------------
+    def _hybrid(self, x, q, qr, k, v, freqs, ctx) -> torch.Tensor:
+        B, T, H, D = q.shape
+        G, Hg = self.n_kv, H // self.n_kv
+        C, nc = chunking(T, self.window)
+        Tp = C * nc
+        raw_mask = _cached(ctx, ("window", T, C, self.window, x.device),
+                           lambda: window_mask(T, C, nc, self.window, x.device))  # [nc, C, Kr]
+
+        def chunk_keys(t: torch.Tensor) -> torch.Tensor:  # [B, T, G, D] -> [B, G, nc, Kr, D]
+            t = t.permute(0, 2, 1, 3)
+            if nc == 1:
+                return t.unsqueeze(2)
+            t = F.pad(t, (0, 0, C, Tp - T))  # one empty chunk in front, tail padding
+            return t.unfold(2, 2 * C, C).transpose(-1, -2)
+
+        # queries: [B, T, H, D] -> [B, G, nc, Hg*C, D], rows ordered (head, position)
+        qc = F.pad(q, (0, 0, 0, 0, 0, Tp - T)).view(B, nc, C, G, Hg, D).permute(0, 3, 1, 4, 2, 5)
+        qc = qc.reshape(B, G, nc, Hg * C, D)
+        kc = chunk_keys(k)
+        vc = kc if v is k else chunk_keys(v)
+        scores = torch.matmul(qc, kc.transpose(-1, -2)).float()  # [B, G, nc, Hg*C, Kr]
+        Kr = scores.shape[-1]
+        mask = raw_mask.view(1, 1, nc, 1, C, Kr)
+        kl_in = None
+        if self.compressor is not None and T >= self.ratio:
+            entries, allowed, kl_in = self._compressed(x, qr, freqs, ctx)
+            ent = entries.to(qc.dtype)  # G == 1 here (shared_kv)
+            s_cmp = torch.matmul(qc.reshape(B, -1, D), ent.transpose(1, 2)).float()
+            scores = torch.cat([scores, s_cmp.view(B, 1, nc, Hg * C, -1)], dim=-1)
+            allowed = F.pad(allowed, (0, 0, 0, Tp - T)).view(allowed.shape[0], 1, nc, 1, C, -1)
+            mask = torch.cat([mask.expand(allowed.shape[0], -1, -1, -1, -1, -1), allowed], dim=-1)
+        K = scores.shape[-1]
+        scores = (scores * self.softmax_scale).view(B, G, nc, Hg, C, K).masked_fill(~mask, float("-inf"))
+        if self.attn_sink is not None:  # sink: an extra logit per head with a zero value
+            sink = self.attn_sink.float().view(1, G, 1, Hg, 1, 1).expand(B, G, nc, Hg, C, 1)
+            probs = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :K]
+        else:
+            probs = scores.softmax(dim=-1)
+        probs = probs.view(B, G, nc, Hg * C, K)
+        pv = probs.to(vc.dtype)
+        out = torch.matmul(pv[..., :Kr], vc)  # [B, G, nc, Hg*C, D]
+        if K > Kr:
+            out = out + torch.matmul(pv[..., Kr:].reshape(B, -1, K - Kr), ent).view_as(out)
+        if kl_in is not None:
+            mass = probs[..., Kr:].detach().view(B, nc, Hg, C, -1).sum(2).reshape(B, Tp, -1)[:, :T]
+            self._add_indexer_loss(ctx, indexer_kl(mass, kl_in[0], kl_in[1]))
+        out = out.view(B, G, nc, Hg, C, D).permute(0, 2, 4, 1, 3, 5).reshape(B, Tp, H, D)
+        return out[:, :T]
+
+    def _add_indexer_loss(self, ctx, kl: torch.Tensor) -> None:
+        n_csa = sum(1 for r in self.cfg.compress_ratios if r == 4)
+        ctx.aux_losses["indexer"] = ctx.aux_losses.get("indexer", 0.0) + kl / n_csa
+        if not torch.compiler.is_compiling():
+            ctx.stats["indexer_kl"] = ctx.stats.get("indexer_kl", 0.0) + float(kl.detach()) / n_csa

@@ -1,0 +1,138 @@
+"""Engram: conditional memory by hashed N-gram lookup, gated into the residual streams (SPEC 1.2).
+
+At a few early layers, the last few (compressed) token ids address rows of a large embedding
+table; the retrieved vector e_t is gated per mHC branch by how well it agrees with the current
+hidden state, then smoothed by a short causal conv and added to the residual before attention
+(Engram paper, arXiv 2601.07372, sec. 2.2-2.3):
+
+    e_t = concat_{n, k} table[row_{n,k}(t)]                               (addresses: engram_hash)
+    k^(m) = W_K^(m) e_t,   v = W_V e_t                                     (W_V shared by branches)
+    s^(m) = <RMSNorm(h^(m)), RMSNorm(k^(m))> / sqrt(d);  s <- sign(s) sqrt(max(|s|, 1e-6))
+    u^(m) = sigmoid(s^(m)) * v
+    Y = SiLU(Conv1D(RMSNorm(U))) + U      depthwise, causal, kernel 4, dilation max order, zero-init
+    H <- H + Y
+
+The token-id -> canonical-id compression map lives in the `compress` buffer (identity until
+`set_engram_tokenizer` fills it; persistent, so a checkpoint reproduces it). Hash multipliers
+and prime moduli are buffers too, recomputed identically from the config on construction.
+
+Parameter naming: the table is `table.weight` (its name contains "engram" and "table", which
+puts it in the Adam 5x-lr no-decay group). The per-branch norm weights and the conv kernel
+are stored 1-D so that the generic matrix init (and Muon) leave them alone: norms start at 1
+and the conv at 0, so at init Y = U exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsv4.config import ModelConfig
+from dsv4.errors import UserError
+from dsv4.model.engram_hash import compression_map, engram_addresses, engram_multipliers, engram_primes
+from dsv4.model.moe import _building_on_meta
+
+
+class Engram(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.orders = list(cfg.engram_ngram_orders)
+        self.n_heads = cfg.engram_n_heads
+        self.n_streams, self.dim, self.eps = cfg.hc_mult, cfg.dim, cfg.norm_eps
+        self.kernel_size, self.dilation = cfg.engram_kernel_size, max(self.orders)
+        self.pad_id = cfg.vocab_size  # compressed ids are < vocab_size, so the pad never collides
+        n_slots = len(self.orders) * self.n_heads
+        head_dim = cfg.engram_dim // n_slots
+
+        primes = engram_primes(tuple(cfg.engram_layer_ids), len(self.orders), self.n_heads,
+                               cfg.engram_vocab_size)[layer_id]
+        sizes = [p for per_order in primes for p in per_order]
+        self.register_buffer("moduli", torch.tensor(primes, dtype=torch.long))  # [n_orders, K]
+        self.register_buffer("offsets", torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0))
+        mult = torch.empty(max(self.orders), dtype=torch.long)
+        if not _building_on_meta():
+            mult = engram_multipliers(layer_id, max(self.orders), cfg.vocab_size + 1)
+        self.register_buffer("multipliers", mult)
+        self.register_buffer("compress", torch.arange(cfg.vocab_size, dtype=torch.long))
+
+        n, D = self.n_streams, cfg.dim
+        self.table = nn.Embedding(sum(sizes), head_dim)
+        self.key_proj = nn.Linear(cfg.engram_dim, n * D, bias=False)  # W_K^(m), one per branch
+        self.value_proj = nn.Linear(cfg.engram_dim, D, bias=False)  # W_V, shared
+        self.query_norm = nn.Parameter(torch.ones(n * D))
+        self.key_norm = nn.Parameter(torch.ones(n * D))
+        self.conv_norm = nn.Parameter(torch.ones(n * D))
+        self.conv_weight = nn.Parameter(torch.zeros(n * D * self.kernel_size))  # zero-init (paper)
+        nn.init.normal_(self.table.weight, 0.0, cfg.init_std)
+
+    # ---- addressing (pure function of token ids; see engram_hash) -------------------------
+    def addresses(self, ids: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Table rows [B, T, n_orders*K] for token ids [B, T] (prefix_ids: ids just before)."""
+        prefix = self.compress[prefix_ids] if prefix_ids is not None else None
+        return engram_addresses(self.compress[ids], self.orders, self.multipliers, self.moduli,
+                                self.offsets, self.pad_id, prefix)
+
+    def retrieve(self, rows: torch.Tensor) -> torch.Tensor:
+        """e_t [B, T, engram_dim]: the heads' rows concatenated."""
+        return self.table(rows).flatten(-2)
+
+    # ---- forward --------------------------------------------------------------------------
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * weight.float().view(self.n_streams, self.dim)
+
+    def forward(self, x: torch.Tensor, ctx, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, D] or [B, T, n, D] (mHC streams) -> x + Y, same shape. `rows` may be given
+        (prefetched / incremental); otherwise computed from ctx.ids."""
+        if getattr(ctx, "cache", None) is not None:  # [serve] cached decoding: dsv4.infer.engram_cache
+            return ctx.cache.engram[self.layer_id].forward(self, x, ctx)
+        single = x.dim() == 3
+        h = x.unsqueeze(2) if single else x
+        B, T, n, D = h.shape
+        if rows is None:
+            rows = self.addresses(ctx.ids)
+        e = self.retrieve(rows)
+        key = self.key_proj(e).view(B, T, n, D)
+        value = self.value_proj(e)
+        # Gate per branch (paper eq. 4): scaled dot product of normed query and key, signed sqrt.
+        s = (self._rms(h, self.query_norm) * self._rms(key, self.key_norm)).sum(-1) / math.sqrt(D)
+        s = torch.sign(s) * s.abs().clamp_min(1e-6).sqrt()
+        alpha = torch.sigmoid(s)  # [B, T, n]
+        u = alpha.unsqueeze(-1) * value.float().unsqueeze(2)  # [B, T, n, D]
+        y = self._short_conv(u) + u
+        if ctx is not None:
+            ctx.stats[f"engram_gate_l{self.layer_id}"] = alpha.mean().item()
+        out = h + y.to(h.dtype)
+        return out.squeeze(2) if single else out
+
+    def _short_conv(self, u: torch.Tensor) -> torch.Tensor:
+        """SiLU(depthwise causal dilated Conv1D(RMSNorm(U))) over time, per stream-channel."""
+        B, T, n, D = u.shape
+        z = self._rms(u, self.conv_norm).reshape(B, T, n * D).transpose(1, 2)  # [B, C, T]
+        z = F.pad(z, ((self.kernel_size - 1) * self.dilation, 0))  # left pad only: causal
+        w = self.conv_weight.view(n * D, 1, self.kernel_size)
+        if torch.is_autocast_enabled(z.device.type):
+            w = w.to(torch.get_autocast_dtype(z.device.type))
+            z = z.to(w.dtype)
+        z = F.conv1d(z, w, dilation=self.dilation, groups=n * D)
+        return F.silu(z).transpose(1, 2).reshape(B, T, n, D).float()
+
+
+@torch.no_grad()
+def set_engram_tokenizer(model: nn.Module, tokenizer) -> int:
+    """Fill every Engram layer's compression map from `tokenizer` (anything with `.decode(ids)`
+    and `.vocab_size`). Returns the number of canonical ids (0 if the model has no Engram)."""
+    layers = [m for m in model.modules() if isinstance(m, Engram)]
+    if not layers:
+        return 0
+    vocab = layers[0].compress.numel()
+    if int(getattr(tokenizer, "vocab_size", 0)) > vocab:
+        raise UserError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab}")
+    cmap = compression_map(tokenizer, vocab)
+    for m in layers:
+        m.compress.copy_(cmap.to(m.compress.device))
+    return int(cmap.max()) + 1

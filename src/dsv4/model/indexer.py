@@ -1,0 +1,87 @@
+"""Lightning indexer of CSA layers and its DSA-style training loss (SPEC 1.3).
+
+The indexer scores every complete compressed block s for query t with a few cheap heads:
+
+    I[t, s] = sum_h w_h(x_t) * ReLU(q_{t,h} . K^I_s)          (V4 paper eq. 14-16)
+
+q_{t,h} comes from the low-rank query c_t (the attention's `wq_a -> q_norm` output) by
+its own `wq_b`, RoPE'd at t; K^I are the indexer's own compressed keys (a Compressor at
+index_head_dim with the layer's ratio); w_h(x) = x W_w * index_head_dim^-0.5 * n_heads^-0.5
+(DeepSeek folds the softmax scale into the weights). The top-`index_topk` causally
+visible blocks are the ones the main attention reads.
+
+DeepSeek's reference additionally applies a Hadamard rotation and FP4 quantisation to
+q and K^I; the rotation is orthogonal (dot products unchanged) and the quantisation is
+an inference-time simulation, so neither is modelled here.
+
+Training (DeepSeek V3.2 DSA): the target p_t is the main attention's probability of each
+candidate block, summed over heads and L1-normalised over the candidates; the loss is
+KL(p_t || softmax(I_t)) over the candidates (dense stage: all complete blocks; sparse
+stage: the selected ones).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsv4.config import ModelConfig
+from dsv4.model.compressor import Compressor
+from dsv4.model.rope import apply_rope
+
+
+class Indexer(nn.Module):
+    def __init__(self, cfg: ModelConfig, q_in_dim: int, ratio: int):
+        super().__init__()
+        self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
+        self.wq_b = nn.Linear(q_in_dim, self.n_heads * self.head_dim, bias=False)
+        self.weights_proj = nn.Linear(cfg.dim, self.n_heads, bias=False)
+        self.compressor = Compressor(cfg.dim, self.head_dim, ratio, cfg.norm_eps)
+        self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
+
+    def scores(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor,
+               freqs: torch.Tensor) -> torch.Tensor:
+        """Index scores [B, T, N] (fp32) of queries x/qr [B, T, *] (rotations freqs [T, r/2])
+        against compressed index keys [B, N, index_head_dim]."""
+        B, T, _ = x.shape
+        q = apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs)
+        w = self.weights_proj(x).float() * self.weight_scale  # [B, T, H]
+        dots = torch.matmul(q.reshape(B, T * self.n_heads, self.head_dim), keys.to(q.dtype).transpose(1, 2))
+        dots = dots.float().relu().view(B, T, self.n_heads, -1)
+        return (dots * w.unsqueeze(-1)).sum(dim=2)
+
+
+def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [B, T, N]: the top-k causally visible blocks per query (fewer if fewer are visible)."""
+    n = scores.shape[-1]
+    if k >= n:
+        return visible.expand_as(scores).clone()
+    masked = scores.masked_fill(~visible, float("-inf"))
+    # [serve] Ties (common: ReLU makes many scores exactly 0) go to the earliest block. An
+    # arbitrary tie-break (topk's) could depend on N, i.e. on how many tokens follow in the
+    # same forward, so that a cached decoder and a full recompute would read different blocks.
+    idx = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
+    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+    return chosen & visible  # picks that landed on -inf (too few visible blocks) are dropped
+
+
+def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Mean over queries of KL(p_t || softmax(I_t)) restricted to each query's candidates.
+
+    attn_mass [B, T, N]: main-attention probabilities summed over heads (no grad);
+    scores [B, T, N]: index scores I; candidates [B, T, N] bool. Queries without any
+    candidate (no complete block yet) are left out.
+    """
+    p = attn_mass.detach().float() * candidates
+    total = p.sum(-1, keepdim=True)
+    valid = candidates.any(-1) & (total.squeeze(-1) > 0)
+    if not bool(valid.any()):
+        return scores.sum() * 0.0
+    target = p / total.clamp_min(1e-30)
+    # rows without candidates get finite dummy logits so log_softmax never sees an all -inf row
+    logits = scores.float().masked_fill(~candidates, float("-inf")).masked_fill(~valid.unsqueeze(-1), 0.0)
+    logq = F.log_softmax(logits, dim=-1)
+    per_entry = torch.xlogy(target, target) - target * logq.masked_fill(~candidates, 0.0)
+    per_entry = torch.where(candidates, per_entry, 0.0)
+    return per_entry.sum(-1)[valid].mean()
