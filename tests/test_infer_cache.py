@@ -24,7 +24,10 @@ def run_incremental(cache_cls, chunks, rollback_at=(), window=0, slack=0, slots=
     T, H, D = sum(chunks), 2, 8
     q, k, v = (torch.randn(slots, H, T + 3, D) for _ in range(3))
     owner = SimpleNamespace(rows=torch.arange(slots), row_block=None)
-    cache = RingStore(owner, slots, window + slack) if cache_cls is RingStore else DenseStore(owner, slots, T + 8)
+    if cache_cls is RingStore:
+        cache = RingStore(owner, slots, window + slack)
+    else:
+        cache = DenseStore(owner, slots, T + 8)
     outs = [[] for _ in range(slots)]
     start = [0, 0]
     lag = 3

@@ -32,8 +32,8 @@ class AttentionCache:
     def __init__(self, owner, attn, slots: int, max_len: int, slack: int):
         self.owner, self.attn = owner, attn
         w = attn.window
-        self.raw = RingStore(owner, slots, w + slack) if 0 < w < max_len else DenseStore(owner, slots, max_len)
-        self.window = w if 0 < w < max_len else 0
+        self.window = w if 0 < w < max_len else 0  # a window as long as the context is no window
+        self.raw = RingStore(owner, slots, w + slack) if self.window else DenseStore(owner, slots, max_len)
         self.cmp = self.idx = None
         if attn.compressor is not None:
             span = 2 * attn.ratio if attn.compressor.overlap else attn.ratio
