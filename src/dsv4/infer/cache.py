@@ -270,14 +270,17 @@ class ModelCache:
     def __getitem__(self, layer_id: int):
         return self.layers[layer_id]
 
-    def bind(self, rows: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor) -> None:
-        """Declare the slots of the next forward's batch rows and record their token ids."""
+    def bind(self, rows: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor,
+             record: bool = True) -> None:
+        """Declare the slots of the next forward's batch rows and record their token ids
+        (`record=False` for the MTP block, whose ids are the next tokens)."""
         self.rows = rows
         n = rows.shape[0]
         r0 = int(rows[0]) if n else 0
         consecutive = n > 0 and bool((rows == torch.arange(r0, r0 + n)).all())
         self.row_block = slice(r0, r0 + n) if consecutive else None
-        self.tokens[rows.unsqueeze(1), positions] = ids.to(self.tokens.device)
+        if record:
+            self.tokens[rows.unsqueeze(1), positions] = ids.to(self.tokens.device)
 
     def token_history(self, positions: torch.Tensor, n: int) -> torch.Tensor:
         """[B, T, n]: the ids at positions p-n+1..p of each bound row (-1 before the start)."""

@@ -17,8 +17,9 @@ with the request's generator, keeps the drafts up to the first disagreement plus
 model's own token there (or a bonus token when all agree), and rolls the caches back.
 Since every position is sampled from the model's own distribution with one draw per
 emitted token, the output equals plain decoding's (exactly at temperature 0). `draft_fn(
-engine, seqs, k) -> LongTensor [B, k]`; each `Sequence` offers `ids` and `streams` (the
-residual streams at the position that produced its last token, what an MTP head drafts from).
+engine, seqs, k) -> LongTensor [B, k]`; each `Sequence` offers `ids`, and, for a drafter with
+`needs_streams = True` (the MTP head, `speculative.MTPDrafter`), the main model's residual
+streams of the positions fed since its last call (`pending`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
-    streams: torch.Tensor | None = None
+    # residual streams of fed positions not yet shown to the MTP drafter: [(start, [m, (n,) D])]
+    pending: list = field(default_factory=list)
     # not yet reported by step()
     _new_ids: list[int] = field(default_factory=list)
     _new_logprobs: list[dict] = field(default_factory=list)
@@ -93,6 +95,7 @@ class Engine:
         self.max_len = max_len or model.config.max_seq_len
         self.max_batch, self.prefill_chunk = max_batch, max(1, prefill_chunk)
         self.draft_fn, self.num_draft = draft_fn, num_draft if draft_fn else 0
+        self.keep_streams = bool(getattr(draft_fn, "needs_streams", False))
         self.device = next(model.parameters()).device
         # bf16 autocast by default (SPEC 1.5: ~4x the fp32 matmul rate on this CPU's AMX)
         self.autocast = autocast if autocast is not None else True
@@ -137,18 +140,33 @@ class Engine:
         return bool(self.waiting or self.running)
 
     # ---- the model ----------------------------------------------------------------------
-    def _forward(self, rows: list[int], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Cached forward of ids [B, T] at positions [B, T] in slots `rows`: the residual
-        streams after the last block [B, T, (n,) D] (what the MTP head drafts from)."""
-        rows_t = torch.tensor(rows, dtype=torch.long)
-        self.cache.bind(rows_t, ids, positions)
-        ids, positions = ids.to(self.device), positions.to(self.device)
+    def _context(self, rows: list[int], ids: torch.Tensor, positions: torch.Tensor,
+                 record: bool = True) -> ForwardContext:
         c = self.cache
+        c.bind(torch.tensor(rows, dtype=torch.long), ids, positions, record=record)
+        ids, positions = ids.to(self.device), positions.to(self.device)
         ctx = ForwardContext(ids=ids, freqs=c.freqs[positions], cache=c, positions=positions)
         if c.freqs_compress is not None:
             ctx.freqs_compress = c.freqs_compress[positions]
+        return ctx
+
+    def _forward(self, rows: list[int], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Cached forward of ids [B, T] at positions [B, T] in slots `rows`: the residual
+        streams after the last block [B, T, (n,) D] (what the MTP head drafts from)."""
+        ctx = self._context(rows, ids, positions)
         with torch.inference_mode(), self._amp():
-            return self.model._streams(ids, ctx)
+            return self.model._streams(ctx.ids, ctx)
+
+    def mtp_logits(self, slot: int, streams: torch.Tensor, next_ids: torch.Tensor,
+                   positions: torch.Tensor) -> torch.Tensor:
+        """Cached MTP block (its attention has its own cache) over one slot's positions
+        [1, m] given their main streams [1, m, (n,) D] and next tokens [1, m]: logits of
+        the token after next at the last position [V]."""
+        ctx = self._context([slot], next_ids, positions, record=False)
+        m = self.model
+        with torch.inference_mode(), self._amp():
+            h = m.mtp(streams.to(self.device), ctx.ids, m.embed, ctx)
+            return m.head(h[:, -1]).float().cpu()[0]
 
     def _logits(self, streams: torch.Tensor) -> torch.Tensor:
         """Logits (fp32, CPU) of residual streams [..., (n,) D]."""
@@ -193,8 +211,8 @@ class Engine:
         pos = torch.arange(start, start + len(chunk)).unsqueeze(0)
         streams = self._forward([seq.slot], ids, pos)
         seq.n_cached += len(chunk)
+        self._keep(seq, start, streams[0])
         if seq.n_cached == len(seq.prompt):  # the prompt is in: its last logits give token 1
-            seq.streams = streams[0, -1]
             self._emit(seq, self._logits(streams[:, -1:])[0, 0])
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
@@ -203,8 +221,8 @@ class Engine:
         streams = self._forward([s.slot for s in seqs], ids, pos)
         logits = self._logits(streams[:, -1:])[:, 0]
         for b, seq in enumerate(seqs):
+            self._keep(seq, seq.n_cached, streams[b])
             seq.n_cached += 1
-            seq.streams = streams[b, -1]
             self._emit(seq, logits[b])
 
     def _speculative_step(self, seqs: list[Sequence]) -> None:
@@ -224,7 +242,6 @@ class Engine:
             accepted = 0
             for i in range(k + 1):
                 tok = self._emit(seq, logits[b, i])
-                seq.streams = streams[b, i]
                 if seq.finished or i == k or tok != int(drafts[b, i]):
                     break
                 accepted += 1
@@ -232,7 +249,12 @@ class Engine:
             self.spec_stats["accepted"] += accepted
             # Fed: the last token + `accepted` drafts; the rest of the window is rolled back.
             seq.n_cached = n0 + 1 + accepted
+            self._keep(seq, n0, streams[b, :accepted + 1])
             self.cache.truncate(seq.slot, seq.n_cached)
+
+    def _keep(self, seq: Sequence, start: int, streams: torch.Tensor) -> None:
+        if self.keep_streams:
+            seq.pending.append((start, streams))
 
     def _emit(self, seq: Sequence, logits: torch.Tensor) -> int:
         """Sample one token for `seq` from logits [V], record it, decide whether it finished."""
