@@ -292,3 +292,28 @@ class ModelCache:
     def truncate(self, slot: int, length: int) -> None:
         for c in list(self.layers.values()) + list(self.engram.values()):
             c.truncate(slot, length)
+
+
+def cache_bytes(cfg, context: int, elem_bytes: int = 2) -> dict:
+    """Bytes of decoding state one sequence holds at `context` tokens with these caches
+    (keys/values/entries at `elem_bytes` each), per kind; the MTP block not included.
+
+    Raw keys: the window (or every token); V4 shares one KV head and stores K = V once.
+    Compressed layers add one entry per complete block (head_dim), CSA layers also the
+    indexer's keys (index_head_dim) per block.
+    """
+    raw = cmp = idx = 0
+    kv_heads = 1 if getattr(cfg, "shared_kv", False) else cfg.kv_heads
+    kv_copies = 1 if getattr(cfg, "shared_kv", False) else 2
+    for layer in range(cfg.n_layers):
+        w = cfg.window_size
+        held = min(w, context) if w else context
+        raw += held * kv_heads * cfg.head_dim * kv_copies
+        r = cfg.layer_compress_ratio(layer)
+        if r:
+            cmp += (context // r) * cfg.head_dim
+            if r == 4:
+                idx += (context // r) * cfg.index_head_dim
+    out = {"raw": raw * elem_bytes, "compressed": cmp * elem_bytes, "indexer": idx * elem_bytes}
+    out["total"] = sum(out.values())
+    return out
