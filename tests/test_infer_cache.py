@@ -140,3 +140,15 @@ def test_compressed_cache_blocks_state_causality_and_rollback():
     ent = cc.read(rows)
     assert torch.allclose(ent[0], compress_reference(new[:50], ratio, span), atol=1e-5)
     assert int(cc.count[0]) == 0  # the other slot untouched
+
+
+def test_cache_bytes_v4_is_a_few_percent_of_gqa8_and_baseline_is_dense():
+    from dsv4.config import make_config
+    from dsv4.infer.cache import cache_bytes
+
+    ctx = 128 * 1024
+    cfg = make_config("flagship")
+    gqa8 = cfg.n_layers * 2 * 8 * cfg.head_dim * 2 * ctx
+    assert cache_bytes(cfg, ctx)["total"] <= 0.05 * gqa8  # SPEC target; V4 reports ~2%
+    base = make_config("baseline")
+    assert cache_bytes(base, ctx)["total"] == base.n_layers * 2 * base.kv_heads * base.head_dim * 2 * ctx
