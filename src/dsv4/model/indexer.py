@@ -46,24 +46,49 @@ class Indexer(nn.Module):
         against compressed index keys [B, N, index_head_dim]."""
         B, T, _ = x.shape
         q = apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs)
-        w = self.weights_proj(x).float() * self.weight_scale  # [B, T, H]
+        w = self.weights_proj(x) * self.weight_scale  # [B, T, H]
         dots = torch.matmul(q.reshape(B, T * self.n_heads, self.head_dim), keys.to(q.dtype).transpose(1, 2))
-        dots = dots.float().relu().view(B, T, self.n_heads, -1)
-        return (dots * w.unsqueeze(-1)).sum(dim=2)
+        dots = dots.relu_().view(B, T, self.n_heads, -1)
+        # the head-weighted sum as a matmul: no [B, T, H, N] temporary (DeepSeek also scores in bf16)
+        return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
+
+
+def topk_chosen(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool [B, T, N]: exactly min(k, N) picks per query, the highest visible scores first.
+
+    Ties (common: ReLU makes many scores exactly 0) go to the EARLIEST block, like a
+    stable descending sort but in O(N): topk's own tie-break could depend on N, i.e. on
+    how many tokens follow in the same forward, and a cached decoder would then read other
+    blocks than a full recompute. Rows with fewer than k visible blocks also pick invisible
+    (-inf) ones; callers AND with `visible`."""
+    k = min(k, scores.shape[-1])
+    masked = scores.masked_fill(~visible, float("-inf"))
+    kth = masked.topk(k, dim=-1).values[..., -1:]  # the k-th largest value (ties: same value)
+    above = masked > kth
+    tied = masked == kth
+    room = k - above.sum(-1, keepdim=True)  # tied slots still to fill, in index order
+    return above | (tied & (tied.cumsum(-1) <= room))
 
 
 def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
     """Bool [B, T, N]: the top-k causally visible blocks per query (fewer if fewer are visible)."""
-    n = scores.shape[-1]
-    if k >= n:
-        return visible.expand_as(scores).clone()
-    masked = scores.masked_fill(~visible, float("-inf"))
-    # [serve] Ties (common: ReLU makes many scores exactly 0) go to the earliest block. An
-    # arbitrary tie-break (topk's) could depend on N, i.e. on how many tokens follow in the
-    # same forward, so that a cached decoder and a full recompute would read different blocks.
-    idx = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
-    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-    return chosen & visible  # picks that landed on -inf (too few visible blocks) are dropped
+    return topk_chosen(scores, visible, k) & visible
+
+
+def chosen_indices(chosen: torch.Tensor, k: int) -> torch.Tensor:
+    """The block ids [B, T, k] of a mask with exactly k Trues per row, in increasing order."""
+    slot = torch.where(chosen, chosen.cumsum(-1) - 1, k)  # rank among the row's picks; k = discard
+    ids = torch.arange(chosen.shape[-1], device=chosen.device).expand_as(chosen)
+    out = torch.zeros(*chosen.shape[:-1], k + 1, dtype=torch.long, device=chosen.device)
+    return out.scatter_(-1, slot, ids)[..., :k]
+
+
+def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, T, k'], ok [B, T, k']) with k' = min(k, N): the `topk_chosen` blocks as ids, and
+    whether each pick is a real, causally visible block (False where too few are complete yet)."""
+    k = min(k, scores.shape[-1])
+    idx = chosen_indices(topk_chosen(scores, visible, k), k)
+    return idx, visible.expand_as(scores).gather(-1, idx)
 
 
 def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -76,12 +101,10 @@ def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.
     p = attn_mass.detach().float() * candidates
     total = p.sum(-1, keepdim=True)
     valid = candidates.any(-1) & (total.squeeze(-1) > 0)
-    if not bool(valid.any()):
-        return scores.sum() * 0.0
     target = p / total.clamp_min(1e-30)
     # rows without candidates get finite dummy logits so log_softmax never sees an all -inf row
     logits = scores.float().masked_fill(~candidates, float("-inf")).masked_fill(~valid.unsqueeze(-1), 0.0)
     logq = F.log_softmax(logits, dim=-1)
     per_entry = torch.xlogy(target, target) - target * logq.masked_fill(~candidates, 0.0)
     per_entry = torch.where(candidates, per_entry, 0.0)
-    return per_entry.sum(-1)[valid].mean()
+    return (per_entry.sum(-1) * valid).sum() / valid.sum().clamp_min(1)  # 0 when no query has candidates
