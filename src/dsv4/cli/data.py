@@ -36,7 +36,8 @@ def _summary(meta: dict) -> str:
     return (
         f"files {meta['n_files']} (documents {meta['n_documents']}, skipped non-UTF-8 "
         f"{meta['n_skipped_non_utf8']}, unreadable {meta.get('n_skipped_unreadable', 0)}, duplicates "
-        f"{meta.get('n_duplicates', 0)}, decontaminated {meta['n_decontaminated']})\n"
+        f"{meta.get('n_duplicates', 0)}, empty {meta.get('n_empty', 0)}, "
+        f"decontaminated {meta['n_decontaminated']})\n"
         f"tokens train {meta['n_train_tokens']:,} / val {meta['n_val_tokens']:,} "
         f"({meta['val_bytes'] / max(meta['n_val_tokens'], 1):.2f} bytes/token on val), "
         f"vocab {meta['vocab_size']}, {meta['dtype']}, tokenizer {meta['tokenizer_fingerprint']}"

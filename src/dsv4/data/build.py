@@ -42,7 +42,7 @@ from dsv4.data.sources import (
 from dsv4.data.tokenizer import MIN_VOCAB, Tokenizer
 from dsv4.errors import UserError
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # bump when the output format or meta changes: old dirs rebuild
 ENCODE_BATCH_BYTES = 4 << 20  # text per encode_batch call: big enough for Rust threads to pay off
 
 
@@ -132,7 +132,7 @@ def build_data(
 
     meta.json keys: vocab_size, dtype, n_train_tokens, n_val_tokens, train_bytes, val_bytes
     (UTF-8 bytes of the documents, for bits-per-byte), n_files, n_documents, n_train_docs,
-    n_val_docs, n_skipped_non_utf8, n_skipped_unreadable, n_duplicates, n_decontaminated,
+    n_val_docs, n_skipped_non_utf8, n_skipped_unreadable, n_empty, n_duplicates, n_decontaminated,
     decontaminated (names), tokenizer_fingerprint, sources_fingerprint, build_key,
     val_fraction, sources, layout, build_seconds. The returned dict also has `reused`.
     """
@@ -159,12 +159,13 @@ def build_data(
     docs: list[Document] = []
     seen: set[bytes] = set()
     dropped: list[str] = []
-    n_dup = 0
+    n_dup = n_empty = 0
     with _progress(progress) as p:
         task = p.add_task(f"reading {len(files)} files", total=len(files))
         for sf in files:
             for d in read_documents(sf, stats):
                 if not d.text.strip():
+                    n_empty += 1
                     continue
                 digest = hashlib.sha1(d.text.encode("utf-8", "replace")).digest()
                 if digest in seen:
@@ -211,6 +212,7 @@ def build_data(
         "n_skipped_non_utf8": stats.n_skipped_non_utf8,
         "n_skipped_unreadable": stats.n_skipped_unreadable,
         "skipped": stats.skipped,
+        "n_empty": n_empty,
         "n_duplicates": n_dup,
         "n_decontaminated": len(dropped),
         "decontaminated": dropped,

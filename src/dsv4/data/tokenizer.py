@@ -78,8 +78,9 @@ class Tokenizer:
             plain = HFTokenizer.from_str(json_str)
         except Exception as e:  # the Rust side raises its own exception types
             raise UserError(f"{source}: not a valid tokenizer file ({str(e)[:120]})") from None
+        added = special.get_added_tokens_decoder()  # id -> AddedToken
         for i, tok in enumerate(SPECIAL_TOKENS):
-            if special.token_to_id(tok) != i:
+            if i not in added or added[i].content != tok or special.token_to_id(tok) != i:
                 raise UserError(
                     f"{source}: not a dsv4 tokenizer (special token {tok} should have id {i}); "
                     "rebuild it with `dsv4 data build`"
@@ -191,7 +192,9 @@ class Tokenizer:
     # -- decoding -------------------------------------------------------------------------
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
-        return self._special.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]  # numpy/torch ok
+        ids = [ids] if isinstance(ids, int) else ids
+        return self._special.decode(ids, skip_special_tokens=skip_special)
 
     @cached_property
     def _id_bytes(self) -> list[bytes]:
