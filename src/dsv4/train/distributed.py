@@ -28,6 +28,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # we created the process group, so we destroy it
 
     @property
     def is_main(self) -> bool:
@@ -47,25 +48,28 @@ def init_distributed(device: str = "auto") -> DistEnv:
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
 
 
 def shutdown(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2: each transformer block is one all-gather unit, the root holds the rest."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     for block in model.layers:
         fully_shard(block)
     if getattr(model, "mtp", None) is not None:
         fully_shard(model.mtp)
     fully_shard(model)
+    # The loop calls model.loss(), not model(): it must gather the root's parameters too.
+    register_fsdp_forward_method(model, "loss")
     return model
 
 
