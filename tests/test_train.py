@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from helpers_train import build_small_data, tiny_config
 from safetensors.torch import load_file
 
 from dsv4.model import load_model
 from dsv4.train.metrics import read_metrics
 from dsv4.train.pretrain import pretrain
+from helpers_train import build_small_data, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import time
 
 import pytest
 import torch
-from helpers_train import build_small_data, subprocess_env, tiny_config
 
 import dsv4.train.checkpoint as ck
 from dsv4.model import load_model
 from dsv4.train.pretrain import pretrain
+from helpers_train import build_small_data, subprocess_env, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,13 @@ def test_sigkill_during_training_and_saving_leaves_a_loadable_checkpoint(tmp_pat
     )
     env = subprocess_env()
     env["PYTHONPATH"] = os.path.dirname(__file__) + os.pathsep + env["PYTHONPATH"]
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not (out / "latest").exists():

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
-from helpers_train import build_small_data, subprocess_env, tiny_config
 
 from dsv4.model import load_model
 from dsv4.train.metrics import read_metrics
 from dsv4.train.pretrain import pretrain
+from helpers_train import build_small_data, subprocess_env, tiny_config
 
 STEPS = 6
 
@@ -40,10 +40,20 @@ def test_two_rank_fsdp_matches_single_process_and_resumes(tmp_path):
 
     dist = tmp_path / "dist"
     script = tmp_path / "entry.py"
-    script.write_text(ENTRY.format(tests=str(__import__("pathlib").Path(__file__).parent), steps=STEPS,
-                                   out=str(dist), data=str(data)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-           str(script)]
+    script.write_text(
+        ENTRY.format(
+            tests=str(__import__("pathlib").Path(__file__).parent), steps=STEPS, out=str(dist), data=str(data)
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        str(script),
+    ]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -62,8 +62,13 @@ def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generato
 
 
 @torch.no_grad()
-def generate_ids(model, prompt_ids: list[int], params: SamplingParams, eos_id: int | None = None,
-                 device: str | torch.device = "cpu") -> Iterator[int]:
+def generate_ids(
+    model,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    eos_id: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Iterator[int]:
     """Yield new token ids one at a time (the prompt is truncated to the model's context)."""
     params.validate()
     gen = torch.Generator(device="cpu")
