@@ -67,6 +67,25 @@ def _local(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def train_step(model, optimizers: list, x: torch.Tensor, y: torch.Tensor, grad_clip: float, autocast: bool):
+    """One optimizer step: bf16-autocast forward and backward, global grad-norm clipping,
+    every optimizer's step, then the model's non-gradient updates. Returns (loss, stats, grad norm)."""
+    with _autocast(x.device, autocast):
+        loss, stats = model.loss(x, y)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip > 0:
+        gnorm = _local(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    else:
+        gnorm = _local(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    for opt in optimizers:
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    model.after_optimizer_step()
+    return loss, stats, gnorm
+
+
 @torch.no_grad()
 def evaluate_bpb(model, data, seq_len: int, cfg: TrainConfig, env: D.DistEnv) -> dict:
     """Validation loss on a fixed subset, as nats/token and as bits per UTF-8 byte:
@@ -241,19 +260,7 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
                 model.set_training_progress(frac)
             x, y = loader.next_batch()
             x, y = x.to(env.device), y.to(env.device)
-            with _autocast(env.device, cfg.autocast):
-                loss, stats = model.loss(x, y)
-            loss.backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            if cfg.grad_clip > 0:
-                gnorm = _local(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            else:
-                gnorm = _local(torch.nn.utils.get_total_norm([p.grad for p in params]))
-            for opt in optimizers:
-                opt.step()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            model.after_optimizer_step()
+            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast)
             step += 1
             tokens_seen += tokens_per_step
             if env.device.type == "cuda":
