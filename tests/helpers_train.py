@@ -25,14 +25,28 @@ def build_small_data(out: Path, vocab_size: int = 512, files: list[str] | None =
 
 
 def tiny_config(out_dir: Path, data_dir: Path, **kw) -> TrainConfig:
-    base = dict(preset="tiny", out_dir=str(out_dir), data_dir=str(data_dir), max_steps=30, batch_size=8,
-                seq_len=64, threads=1, eval_every=10, eval_tokens=2048, save_every=10, warmup_steps=5,
-                progress=False)
+    base = dict(
+        preset="tiny",
+        out_dir=str(out_dir),
+        data_dir=str(data_dir),
+        max_steps=30,
+        batch_size=8,
+        seq_len=64,
+        threads=1,
+        eval_every=10,
+        eval_tokens=2048,
+        save_every=10,
+        warmup_steps=5,
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def subprocess_env() -> dict:
     src = str(Path(__file__).resolve().parents[1] / "src")
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }

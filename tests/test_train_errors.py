@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers_train import build_small_data, tiny_config
 
 from dsv4.cli import main
 from dsv4.train.pretrain import pretrain
+from helpers_train import build_small_data, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("run")
-    pretrain(tiny_config(out, data_dir, max_steps=4, save_every=0, eval_every=0))
+    pretrain(tiny_config(out, data_dir, max_steps=2, save_every=0, eval_every=0, seq_len=32))
     return out
 
 
@@ -32,8 +32,26 @@ def run_cli(capsys, *argv) -> str:
 
 
 def train_args(out, data, *extra):
-    return ["train", "pretrain", "--preset", "tiny", "--out", str(out), "--data", str(data), "--max-steps", "2",
-            "--seq-len", "64", "--batch-size", "8", "--threads", "1", "--no-progress", *extra]
+    return [
+        "train",
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--max-steps",
+        "2",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_unknown_preset(capsys, tmp_path, data_dir):
@@ -54,7 +72,9 @@ def test_invalid_set_combination(capsys, tmp_path, data_dir):
 
 
 def test_no_step_or_time_budget(capsys, tmp_path, data_dir):
-    err = run_cli(capsys, "train", "pretrain", "--preset", "tiny", "--out", str(tmp_path), "--data", str(data_dir))
+    err = run_cli(
+        capsys, "train", "pretrain", "--preset", "tiny", "--out", str(tmp_path), "--data", str(data_dir)
+    )
     assert "--max-steps or --time-budget" in err
 
 
@@ -95,8 +115,12 @@ def test_corrupt_checkpoint(capsys, tmp_path, run_dir, data_dir, damage):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
     ckpt = out / (out / "latest").read_text().strip()
-    target = {"weights": ckpt / "model.safetensors", "config": ckpt / "config.json",
-              "train_state": ckpt / "train_state.pt", "pointer": out / "latest"}[damage]
+    target = {
+        "weights": ckpt / "model.safetensors",
+        "config": ckpt / "config.json",
+        "train_state": ckpt / "train_state.pt",
+        "pointer": out / "latest",
+    }[damage]
     if damage == "pointer":
         target.write_text("step-999999\n")
     else:
@@ -116,5 +140,6 @@ def test_generate_missing_checkpoint(capsys, tmp_path):
 
 def test_generate_bad_sampling_values(capsys, run_dir):
     assert "--top-p" in run_cli(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "x", "--top-p", "0")
-    assert "--temperature" in run_cli(capsys, "generate", "--ckpt", str(run_dir), "--prompt", "x",
-                                      "--temperature", "-1")
+    assert "--temperature" in run_cli(
+        capsys, "generate", "--ckpt", str(run_dir), "--prompt", "x", "--temperature", "-1"
+    )

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-# Seconds reserved after training for the final evaluation, the checkpoint and the sample.
-RESERVE_S = 30.0
+# Share of the budget (at most RESERVE_S seconds) kept after training for the final
+# evaluation, the checkpoint and the sample.
+RESERVE_FRAC, RESERVE_S = 0.25, 30.0
 
 
 @dataclass
@@ -60,17 +61,44 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     console.rule("[bold]1/3 data: code corpus + tokenizer (Python standard library)")
     meta = build_data(cfg.data_sources, out / "data", vocab_size=cfg.vocab_size, progress=cfg.progress)
     data = DataDir.open(out / "data")
-    console.log(f"{'reused' if meta.get('reused') else 'built'}: {meta['n_train_tokens']:,} train tokens, "
-                f"{meta['n_val_tokens']:,} val tokens, vocab {meta['vocab_size']}")
+    console.log(
+        f"{'reused' if meta.get('reused') else 'built'}: {meta['n_train_tokens']:,} train tokens, "
+        f"{meta['n_val_tokens']:,} val tokens, vocab {meta['vocab_size']}"
+    )
 
     console.rule(f"[bold]2/3 pretrain {cfg.preset}")
     run_dir = out / "pretrain"
-    train_min = max(0.1, cfg.budget_min - (time.perf_counter() - t0 + RESERVE_S) / 60.0)
     resume = latest_checkpoint(run_dir) is not None if run_dir.exists() else False
-    tcfg = TrainConfig(preset=cfg.preset, out_dir=str(run_dir), data_dir=str(out / "data"),
-                       overrides=dict(cfg.overrides or {}), seed=cfg.seed, time_budget_min=train_min,
-                       batch_size=cfg.batch_size, seq_len=cfg.seq_len, eval_every=100, save_every=100,
-                       progress=cfg.progress, threads=cfg.threads, resume=resume)
+    plan_path = out / "quickstart.json"
+    plan = json.loads(plan_path.read_text()) if resume and plan_path.exists() else None
+    if plan is None:  # first run: training gets what the data stage and the reserve leave
+        reserve_s = min(RESERVE_S, RESERVE_FRAC * 60.0 * cfg.budget_min)
+        train_min = max(0.05, cfg.budget_min - (time.perf_counter() - t0 + reserve_s) / 60.0)
+    else:  # a rerun keeps the first plan (a finished run stays finished); a larger budget extends it
+        train_min = plan["train_budget_min"] + max(0.0, cfg.budget_min - plan["budget_min"])
+    plan_path.write_text(
+        json.dumps(
+            {
+                "budget_min": max(cfg.budget_min, plan["budget_min"] if plan else 0),
+                "train_budget_min": train_min,
+            }
+        )
+    )
+    tcfg = TrainConfig(
+        preset=cfg.preset,
+        out_dir=str(run_dir),
+        data_dir=str(out / "data"),
+        overrides=dict(cfg.overrides or {}),
+        seed=cfg.seed,
+        time_budget_min=train_min,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        eval_every=100,
+        save_every=100,
+        progress=cfg.progress,
+        threads=cfg.threads,
+        resume=resume,
+    )
     if resume:
         console.log(f"resuming the run in {run_dir} (time already spent there counts against the budget)")
     summary = pretrain(tcfg, data=data)
@@ -79,15 +107,20 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed)
     sample = "".join(generate_text(run_dir, cfg.prompt, params))
 
-    result = {"data": {k: meta[k] for k in ("n_train_tokens", "n_val_tokens", "vocab_size")},
-              "pretrain": summary, "prompt": cfg.prompt, "sample": sample,
-              "elapsed_s": time.perf_counter() - t0}
+    result = {
+        "data": {k: meta[k] for k in ("n_train_tokens", "n_val_tokens", "vocab_size")},
+        "pretrain": summary,
+        "prompt": cfg.prompt,
+        "sample": sample,
+        "elapsed_s": time.perf_counter() - t0,
+    }
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def format_summary(result: dict, out_dir: str) -> str:
     s = result["pretrain"]
+    loss = f"loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}, " if s["first_loss"] is not None else ""
     lines = [
         "",
         "== dsv4 quickstart: done ==",
@@ -95,8 +128,7 @@ def format_summary(result: dict, out_dir: str) -> str:
         f"in {s['elapsed_s'] / 60:.1f} min",
         f"speed      {(s['tokens_per_s'] or 0) / 1e3:.1f}k tokens/s, MFU {100 * (s['mfu'] or 0):.1f}% "
         f"(of a measured bf16 matmul peak)",
-        f"quality    loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}, validation {s['val_bpb']:.3f} bits/byte"
-        if s["first_loss"] is not None else f"quality    validation {s['val_bpb']:.3f} bits/byte",
+        f"quality    {loss}validation {s['val_bpb']:.3f} bits/byte",
         "sample     (temperature 0.8)",
         "",
         result["prompt"] + result["sample"],

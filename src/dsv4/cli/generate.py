@@ -23,8 +23,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     from dsv4.infer.sample import SamplingParams, generate_text
 
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
     params.validate()
     pieces = generate_text(args.ckpt, args.prompt, params)
     first = next(pieces, "")  # loads the checkpoint: errors surface before anything is printed

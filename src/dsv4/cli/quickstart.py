@@ -18,7 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _quickstart(args: argparse.Namespace) -> int:
     from dsv4.quickstart import QuickstartConfig, format_summary, quickstart
 
-    cfg = QuickstartConfig(budget_min=args.budget, out_dir=args.out, preset=args.preset, seed=args.seed,
-                           progress=not args.no_progress)
+    cfg = QuickstartConfig(
+        budget_min=args.budget,
+        out_dir=args.out,
+        preset=args.preset,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(format_summary(quickstart(cfg), args.out))
     return 0

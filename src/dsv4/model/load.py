@@ -38,7 +38,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise UserError(f"cannot read checkpoint pointer {pointer}: {e}") from None
         target = p / name
         if not name or "/" in name or not target.is_dir():
-            raise UserError(f"checkpoint pointer {pointer} names {name!r}, which is not a checkpoint directory")
+            raise UserError(
+                f"checkpoint pointer {pointer} names {name!r}, which is not a checkpoint directory"
+            )
         return target
     raise UserError(f"no checkpoint in {p}: expected {WEIGHTS} + {CONFIG} or a `{LATEST}` pointer file")
 

@@ -47,6 +47,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 # ---- RNG state -------------------------------------------------------------------------------
 
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
@@ -71,6 +72,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---- low-level atomic file helpers -----------------------------------------------------------
+
 
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -137,8 +139,13 @@ def prune(out_dir: Path, keep: int) -> None:
 
 # ---- single-process checkpoints -----------------------------------------------------------------
 
-def write_model_files(dirpath: Path, model_config_json: str, weights: dict[str, torch.Tensor],
-                      extra_files: dict[str, str] | None = None) -> None:
+
+def write_model_files(
+    dirpath: Path,
+    model_config_json: str,
+    weights: dict[str, torch.Tensor],
+    extra_files: dict[str, str] | None = None,
+) -> None:
     """Weights, config and small text files (the tokenizer) that inference needs."""
     from safetensors.torch import save_file
 
@@ -148,15 +155,23 @@ def write_model_files(dirpath: Path, model_config_json: str, weights: dict[str, 
         (dirpath / name).write_text(text, encoding="utf-8")
 
 
-def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, optimizers: list,
-                    train_state: dict, keep: int = 2, extra_files: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizers: list,
+    train_state: dict,
+    keep: int = 2,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write weights + config + train state (optimizers, RNG, ...) atomically; returns the dir."""
     out = Path(out_dir)
     tmp = new_temp_dir(out, step)
     try:
         write_model_files(tmp, model.config.to_json(), model.state_dict(), extra_files)
-        state = dict(train_state, step=step, rng=rng_state(),
-                     optimizers=[opt.state_dict() for opt in optimizers])
+        state = dict(
+            train_state, step=step, rng=rng_state(), optimizers=[opt.state_dict() for opt in optimizers]
+        )
         torch.save(state, tmp / TRAIN_STATE)
         return commit_temp_dir(out, tmp, step, keep)
     except BaseException:
@@ -167,12 +182,16 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, opti
 def read_train_state(ckpt: Path) -> dict:
     path = ckpt / TRAIN_STATE
     if not path.exists():
-        raise UserError(f"checkpoint file {path} is missing; it cannot be resumed (but `dsv4 generate` can use it)")
+        raise UserError(
+            f"checkpoint file {path} is missing; it cannot be resumed (but `dsv4 generate` can use it)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or garbled file
-        raise UserError(f"checkpoint file {path} is corrupt ({type(e).__name__}); "
-                        f"restore it or resume from an older step directory") from None
+        raise UserError(
+            f"checkpoint file {path} is corrupt ({type(e).__name__}); "
+            f"restore it or resume from an older step directory"
+        ) from None
     if not isinstance(state, dict) or "step" not in state:
         raise UserError(f"checkpoint file {path} is corrupt (no step recorded)")
     return state
@@ -180,13 +199,17 @@ def read_train_state(ckpt: Path) -> dict:
 
 def load_optimizers(optimizers: list, states: list, source: Path) -> None:
     if len(states) != len(optimizers):
-        raise UserError(f"checkpoint file {source} holds {len(states)} optimizer states for "
-                        f"{len(optimizers)} optimizers; was it written by another model version?")
+        raise UserError(
+            f"checkpoint file {source} holds {len(states)} optimizer states for "
+            f"{len(optimizers)} optimizers; was it written by another model version?"
+        )
     for opt, st in zip(optimizers, states, strict=True):
         try:
             opt.load_state_dict(st)
         except (ValueError, KeyError) as e:
-            raise UserError(f"checkpoint file {source} does not match this model's optimizers ({e})") from None
+            raise UserError(
+                f"checkpoint file {source} does not match this model's optimizers ({e})"
+            ) from None
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -70,8 +70,10 @@ class TrainConfig:
         need(self.lr > 0 and self.muon_lr > 0, "learning rates must be > 0")
         need(self.decay in ("cosine", "linear", "constant"), "decay must be cosine, linear or constant")
         need(0.0 <= self.min_lr_frac <= 1.0, "min_lr_frac must lie in [0, 1]")
-        need(self.warmup_steps >= 0 and self.eval_every >= 0 and self.save_every >= 0,
-             "step counts must be >= 0")
+        need(
+            self.warmup_steps >= 0 and self.eval_every >= 0 and self.save_every >= 0,
+            "step counts must be >= 0",
+        )
         need(self.eval_tokens > 0, "eval_tokens must be > 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         need(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
@@ -92,6 +94,17 @@ class TrainConfig:
 # Fields a resumed session may change; everything else comes from the checkpoint, so that
 # the continuation is the same computation as an uninterrupted run.
 RESUMABLE_OVERRIDES = (
-    "max_steps", "time_budget_min", "stop_at", "eval_every", "save_every", "keep_checkpoints",
-    "progress", "compile", "threads", "device", "data_dir", "out_dir", "resume",
+    "max_steps",
+    "time_budget_min",
+    "stop_at",
+    "eval_every",
+    "save_every",
+    "keep_checkpoints",
+    "progress",
+    "compile",
+    "threads",
+    "device",
+    "data_dir",
+    "out_dir",
+    "resume",
 )

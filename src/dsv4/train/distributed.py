@@ -28,6 +28,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # we created the process group, so we destroy it
 
     @property
     def is_main(self) -> bool:
@@ -47,25 +48,28 @@ def init_distributed(device: str = "auto") -> DistEnv:
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+    return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
 
 
 def shutdown(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2: each transformer block is one all-gather unit, the root holds the rest."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     for block in model.layers:
         fully_shard(block)
     if getattr(model, "mtp", None) is not None:
         fully_shard(model.mtp)
     fully_shard(model)
+    # The loop calls model.loss(), not model(): it must gather the root's parameters too.
+    register_fsdp_forward_method(model, "loss")
     return model
 
 
@@ -100,8 +104,17 @@ def barrier(env: DistEnv) -> None:
 
 # ---- distributed checkpoints ------------------------------------------------------------------
 
-def save_sharded(env: DistEnv, out_dir: Path, step: int, model, optimizers: list, train_state: dict,
-                 keep: int, extra_files: dict[str, str] | None = None) -> Path:
+
+def save_sharded(
+    env: DistEnv,
+    out_dir: Path,
+    step: int,
+    model,
+    optimizers: list,
+    train_state: dict,
+    keep: int,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Every rank writes its shards with DCP into one temp dir; rank 0 adds the full weights,
     config and train state, then commits the directory atomically (see checkpoint.py)."""
     import torch.distributed.checkpoint as dcp
@@ -124,8 +137,10 @@ def save_sharded(env: DistEnv, out_dir: Path, step: int, model, optimizers: list
         final = None
         if env.is_main:
             ck.write_model_files(tmp, model.config.to_json(), full, extra_files)
-            torch.save(dict(train_state, step=step, rng=ck.rng_state(), world_size=env.world_size,
-                            optimizers=None), tmp / ck.TRAIN_STATE)
+            torch.save(
+                dict(train_state, step=step, rng=ck.rng_state(), world_size=env.world_size, optimizers=None),
+                tmp / ck.TRAIN_STATE,
+            )
             final = ck.commit_temp_dir(out_dir, tmp, step, keep)
         barrier(env)
         return Path(broadcast_object(env, str(final) if final else None))
@@ -145,15 +160,19 @@ def load_sharded(env: DistEnv, ckpt: Path, model, optimizers: list) -> None:
     )
 
     if not (ckpt / "dcp").is_dir():
-        raise UserError(f"checkpoint {ckpt} has no dcp/ shards: it was written by a single-process run; "
-                        f"resume it without torchrun")
+        raise UserError(
+            f"checkpoint {ckpt} has no dcp/ shards: it was written by a single-process run; "
+            f"resume it without torchrun"
+        )
     state = {"model": get_model_state_dict(model)}
     for i, opt in enumerate(optimizers):
         state[f"optim_{i}"] = get_optimizer_state_dict(model, opt)
     try:
         dcp.load(state, checkpoint_id=str(ckpt / "dcp"))
     except Exception as e:  # DCP wraps per-rank failures in its own exception types
-        raise UserError(f"checkpoint shards in {ckpt / 'dcp'} are missing or corrupt ({type(e).__name__})") from None
+        raise UserError(
+            f"checkpoint shards in {ckpt / 'dcp'} are missing or corrupt ({type(e).__name__})"
+        ) from None
     set_model_state_dict(model, state["model"])
     for i, opt in enumerate(optimizers):
         set_optimizer_state_dict(model, opt, state[f"optim_{i}"])

@@ -17,8 +17,9 @@ from dsv4.errors import UserError
 
 
 class TokenLoader:
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         if batch_size % world_size:
             raise UserError(f"--batch-size {batch_size} must be a multiple of the {world_size} ranks")
         self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
@@ -42,24 +43,30 @@ class TokenLoader:
             self._order = self._permutation(self.epoch)
         per_rank = self.batch_size // self.world_size
         start = self.pos + self.rank * per_rank
-        windows = self._order[start:start + per_rank]
+        windows = self._order[start : start + per_rank]
         self.pos += self.batch_size
         T = self.seq_len
-        rows = np.stack([np.asarray(self.tokens[w * T: w * T + T + 1], dtype=np.int64) for w in windows])
+        rows = np.stack([np.asarray(self.tokens[w * T : w * T + T + 1], dtype=np.int64) for w in windows])
         batch = torch.from_numpy(rows)
         return batch[:, :-1], batch[:, 1:]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "batch_size": self.batch_size,
-                "seq_len": self.seq_len}
+        return {
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self._order = self._permutation(self.epoch)
 
 
-def eval_batches(tokens: np.ndarray, seq_len: int, max_tokens: int, batch_size: int,
-                 rank: int = 0, world_size: int = 1):
+def eval_batches(
+    tokens: np.ndarray, seq_len: int, max_tokens: int, batch_size: int, rank: int = 0, world_size: int = 1
+):
     """The fixed validation subset: the first `max_tokens` tokens of the split as windows,
     dealt round-robin to ranks, yielded as (inputs, targets) batches."""
     n = min((len(tokens) - 1) // seq_len, max(world_size, max_tokens // seq_len))
@@ -70,7 +77,11 @@ def eval_batches(tokens: np.ndarray, seq_len: int, max_tokens: int, batch_size: 
         )
     mine = list(range(rank, n, world_size))
     for i in range(0, len(mine), batch_size):
-        rows = np.stack([np.asarray(tokens[w * seq_len: w * seq_len + seq_len + 1], dtype=np.int64)
-                         for w in mine[i:i + batch_size]])
+        rows = np.stack(
+            [
+                np.asarray(tokens[w * seq_len : w * seq_len + seq_len + 1], dtype=np.int64)
+                for w in mine[i : i + batch_size]
+            ]
+        )
         batch = torch.from_numpy(rows)
         yield batch[:, :-1], batch[:, 1:]

@@ -27,10 +27,15 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opt
         bad = [n for n, p in groups["muon"] if p.dim() != 2]
         if bad:
             raise UserError(f"Muon takes only 2-D parameters; the model put {bad[0]} in its muon group")
-        opts.append(torch.optim.Muon(
-            [dict(params=muon, name="muon", peak_lr=cfg.muon_lr)],
-            lr=cfg.muon_lr, weight_decay=cfg.muon_weight_decay, momentum=0.95, nesterov=True,
-        ))
+        opts.append(
+            torch.optim.Muon(
+                [dict(params=muon, name="muon", peak_lr=cfg.muon_lr)],
+                lr=cfg.muon_lr,
+                weight_decay=cfg.muon_weight_decay,
+                momentum=0.95,
+                nesterov=True,
+            )
+        )
     adamw = groups.get("adamw", [])
     if adamw:
         decay = [p for _, p in adamw if p.dim() >= 2]
@@ -44,8 +49,13 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opt
     engram = [p for _, p in groups.get("engram", [])]
     if engram:
         lr = cfg.lr * cfg.engram_lr_mult
-        opts.append(torch.optim.Adam(
-            [dict(params=engram, name="engram", peak_lr=lr)], lr=lr, betas=tuple(cfg.betas), eps=1e-8,
-            weight_decay=0.0,
-        ))
+        opts.append(
+            torch.optim.Adam(
+                [dict(params=engram, name="engram", peak_lr=lr)],
+                lr=lr,
+                betas=tuple(cfg.betas),
+                eps=1e-8,
+                weight_decay=0.0,
+            )
+        )
     return opts

@@ -40,8 +40,12 @@ from dsv4.train.progress import TrainProgress
 from dsv4.train.schedule import lr_multiplier, run_progress, set_lr
 
 
-def open_data(data_dir: str | Path, expected_fingerprint: str | None = None, build_if_missing: bool = True,
-              progress: bool = True):
+def open_data(
+    data_dir: str | Path,
+    expected_fingerprint: str | None = None,
+    build_if_missing: bool = True,
+    progress: bool = True,
+):
     """The data dir at `data_dir`, built from the standard library first if it does not exist."""
     from dsv4.data.build import build_data
     from dsv4.data.dataset import DataDir
@@ -61,6 +65,25 @@ def _autocast(device: torch.device, enabled: bool):
 def _local(t):
     """A plain tensor from a possibly-DTensor result (FSDP2 grad norms)."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def train_step(model, optimizers: list, x: torch.Tensor, y: torch.Tensor, grad_clip: float, autocast: bool):
+    """One optimizer step: bf16-autocast forward and backward, global grad-norm clipping,
+    every optimizer's step, then the model's non-gradient updates. Returns (loss, stats, grad norm)."""
+    with _autocast(x.device, autocast):
+        loss, stats = model.loss(x, y)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip > 0:
+        gnorm = _local(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    else:
+        gnorm = _local(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    for opt in optimizers:
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    model.after_optimizer_step()
+    return loss, stats, gnorm
 
 
 @torch.no_grad()
@@ -90,8 +113,10 @@ def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, dict | Non
     latest = ck.latest_checkpoint(out) if out.exists() else None
     if not cfg.resume:
         if latest is not None:
-            raise UserError(f"{out} already holds a checkpoint ({latest.name}); pass --resume to continue "
-                            f"it or choose another --out")
+            raise UserError(
+                f"{out} already holds a checkpoint ({latest.name}); pass --resume to continue "
+                f"it or choose another --out"
+            )
         return cfg, None, None
     if latest is None:
         raise UserError(f"--resume: no checkpoint in {out} (no `latest` file); drop --resume to start fresh")
@@ -125,8 +150,10 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
         D.barrier(env)
         data = open_data(cfg.data_dir, expected_fp, build_if_missing=False)
     elif expected_fp is not None and data.tokenizer.fingerprint != expected_fp:
-        raise UserError(f"the data dir was built with tokenizer {data.tokenizer.fingerprint}, but the "
-                        f"checkpoint in {cfg.out_dir} expects {expected_fp}; use the matching --data")
+        raise UserError(
+            f"the data dir was built with tokenizer {data.tokenizer.fingerprint}, but the "
+            f"checkpoint in {cfg.out_dir} expects {expected_fp}; use the matching --data"
+        )
 
     # ---- model ----------------------------------------------------------------------------------
     random.seed(cfg.seed)
@@ -141,7 +168,9 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
         if cfg.seq_len > mcfg.max_seq_len:
             mcfg = make_config(cfg.preset, **{**overrides, "max_seq_len": cfg.seq_len})
     if mcfg.vocab_size != data.tokenizer.vocab_size:
-        raise UserError(f"model vocab_size {mcfg.vocab_size} != the data tokenizer's {data.tokenizer.vocab_size}")
+        raise UserError(
+            f"model vocab_size {mcfg.vocab_size} != the data tokenizer's {data.tokenizer.vocab_size}"
+        )
     seq_len = cfg.seq_len or mcfg.max_seq_len
     model = Transformer(mcfg)
     if ckpt is not None and not env.distributed:
@@ -172,8 +201,12 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
     out = Path(cfg.out_dir)
     log = MetricsLog(out / "metrics.jsonl", truncate_after_step=step) if env.is_main else None
     by_time = cfg.max_steps == 0
-    bar = TrainProgress(show, total=cfg.max_steps or 60.0 * cfg.time_budget_min,
-                        start=elapsed_before if by_time else step, by_time=by_time)
+    bar = TrainProgress(
+        show,
+        total=cfg.max_steps or 60.0 * cfg.time_budget_min,
+        start=elapsed_before if by_time else step,
+        by_time=by_time,
+    )
     session_start = time.perf_counter()
     tokens_per_step = cfg.batch_size * seq_len
     first_loss = last_loss = None
@@ -187,14 +220,22 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
         return elapsed_before + time.perf_counter() - session_start
 
     def train_state() -> dict:
-        return {"loader": loader.state_dict(), "train_config": cfg.to_dict(), "elapsed_s": elapsed(),
-                "tokens_seen": tokens_seen, "tokenizer_fingerprint": data.tokenizer.fingerprint,
-                "data_dir": str(Path(getattr(data, "path", cfg.data_dir)).resolve()), "last_eval": last_eval}
+        return {
+            "loader": loader.state_dict(),
+            "train_config": cfg.to_dict(),
+            "elapsed_s": elapsed(),
+            "tokens_seen": tokens_seen,
+            "tokenizer_fingerprint": data.tokenizer.fingerprint,
+            "data_dir": str(Path(getattr(data, "path", cfg.data_dir)).resolve()),
+            "last_eval": last_eval,
+        }
 
     def save() -> Path:
         extra = {"tokenizer.json": data.tokenizer.to_str()}  # generate needs only the checkpoint
         if env.distributed:
-            return D.save_sharded(env, out, step, model, optimizers, train_state(), cfg.keep_checkpoints, extra)
+            return D.save_sharded(
+                env, out, step, model, optimizers, train_state(), cfg.keep_checkpoints, extra
+            )
         return ck.save_checkpoint(out, step, model, optimizers, train_state(), cfg.keep_checkpoints, extra)
 
     def run_eval() -> None:
@@ -219,19 +260,7 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
                 model.set_training_progress(frac)
             x, y = loader.next_batch()
             x, y = x.to(env.device), y.to(env.device)
-            with _autocast(env.device, cfg.autocast):
-                loss, stats = model.loss(x, y)
-            loss.backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            if cfg.grad_clip > 0:
-                gnorm = _local(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            else:
-                gnorm = _local(torch.nn.utils.get_total_norm([p.grad for p in params]))
-            for opt in optimizers:
-                opt.step()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            model.after_optimizer_step()
+            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast)
             step += 1
             tokens_seen += tokens_per_step
             if env.device.type == "cuda":
@@ -250,10 +279,20 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
             tok_rates.append(tok_s)
             mfus.append(mfu)
             if log is not None:
-                log.write({"step": step, "loss": last_loss, "lr": lrs.get("adamw", 0.0),
-                           "lr_muon": lrs.get("muon", 0.0), "grad_norm": reduced[1], "tokens": tokens_seen,
-                           "tokens_per_s": tok_s, "mfu": mfu, "elapsed_s": elapsed(),
-                           **dict(zip(names, reduced[2:], strict=True))})
+                log.write(
+                    {
+                        "step": step,
+                        "loss": last_loss,
+                        "lr": lrs.get("adamw", 0.0),
+                        "lr_muon": lrs.get("muon", 0.0),
+                        "grad_norm": reduced[1],
+                        "tokens": tokens_seen,
+                        "tokens_per_s": tok_s,
+                        "mfu": mfu,
+                        "elapsed_s": elapsed(),
+                        **dict(zip(names, reduced[2:], strict=True)),
+                    }
+                )
             bar.update(elapsed() if by_time else step, last_loss, tok_s, mfu)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 run_eval()
@@ -271,11 +310,21 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
     # Steady-state throughput: skip the first steps (allocation, compilation warm-up).
     steady = slice(min(len(tok_rates) // 4, 5), None)
     return {
-        "out_dir": str(out), "checkpoint": str(ckpt_path), "step": step, "params": n_params,
-        "first_loss": first_loss, "final_loss": last_loss, "val_bpb": last_eval.get("val_bpb"),
-        "val_loss": last_eval.get("val_loss"), "tokens_seen": tokens_seen, "elapsed_s": elapsed(),
+        "out_dir": str(out),
+        "checkpoint": str(ckpt_path),
+        "step": step,
+        "params": n_params,
+        "first_loss": first_loss,
+        "final_loss": last_loss,
+        "val_bpb": last_eval.get("val_bpb"),
+        "val_loss": last_eval.get("val_loss"),
+        "tokens_seen": tokens_seen,
+        "elapsed_s": elapsed(),
         "tokens_per_s": float(np.median(tok_rates[steady])) if tok_rates else None,
-        "mfu": float(np.median(mfus[steady])) if mfus else None, "peak_flops": peak,
-        "flops_per_token": fpt, "world_size": env.world_size, "seq_len": seq_len,
+        "mfu": float(np.median(mfus[steady])) if mfus else None,
+        "peak_flops": peak,
+        "flops_per_token": fpt,
+        "world_size": env.world_size,
+        "seq_len": seq_len,
         "batch_size": cfg.batch_size,
     }

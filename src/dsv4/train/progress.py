@@ -19,8 +19,13 @@ class TrainProgress:
             return
         counter = TextColumn("{task.percentage:>3.0f}%") if by_time else MofNCompleteColumn()
         self._progress = Progress(
-            TextColumn("[bold]pretrain"), BarColumn(), counter, TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"), console=self.console, transient=False,
+            TextColumn("[bold]pretrain"),
+            BarColumn(),
+            counter,
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
         )
         self._task = self._progress.add_task("pretrain", total=total, completed=start, info="")
         self._progress.start()
