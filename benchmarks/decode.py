@@ -158,7 +158,7 @@ def main() -> None:
     for preset in ("flagship", "baseline"):
         log("cached_vs_recompute", cached_vs_recompute(preset, 1024, n // 2, False))
     for preset in ("lite", "lite-plain"):
-        for ac in (False, True):
+        for ac in (False, True, "prefill"):  # fp32, bf16 everywhere, bf16 prefill + fp32 decode
             log("single_stream", single_stream(preset, 256, 2 * n, ac))
     if args.ckpt:
         from dsv4.model.load import load_model
