@@ -317,7 +317,8 @@ def test_topk_ties_go_to_the_earliest_block():
 
     torch.manual_seed(0)
     for _ in range(30):
-        scores = torch.randint(-2, 3, (2, 7, 13)).float().relu()  # ReLU scores: many exact ties
+        scores = torch.randint(-3, 4, (2, 7, 13)).float() / 2  # many exact ties, both signs
+        scores = torch.where(torch.rand(2, 7, 13) < 0.2, -0.0, scores)  # -0.0 ties with +0.0
         visible = torch.rand(7, 13) > 0.3
         k = int(torch.randint(1, 16, ()))
         order = torch.sort(scores.masked_fill(~visible, float("-inf")), dim=-1, descending=True, stable=True)

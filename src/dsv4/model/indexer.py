@@ -53,42 +53,40 @@ class Indexer(nn.Module):
         return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
 
 
-def topk_chosen(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool [B, T, N]: exactly min(k, N) picks per query, the highest visible scores first.
+@torch.no_grad()
+def tie_broken_keys(scores: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like the scores (invisible blocks: -inf), equal scores ordered
+    earliest block first.
 
-    Ties (common: ReLU makes many scores exactly 0) go to the EARLIEST block, like a
-    stable descending sort but in O(N): topk's own tie-break could depend on N, i.e. on
-    how many tokens follow in the same forward, and a cached decoder would then read other
-    blocks than a full recompute. Rows with fewer than k visible blocks also pick invisible
-    (-inf) ones; callers AND with `visible`."""
+    Ties are common (ReLU makes many scores exactly 0; bf16 rounds others together) and
+    topk's own tie-break could depend on N, i.e. on how many tokens follow in the same
+    forward: a cached decoder would then read other blocks than a full recompute. Key =
+    (order-preserving int32 image of the fp32 score) * 2^32 + (N-1-index), so a topk on the
+    keys is a stable descending sort's first k. In place where possible: big int64
+    temporaries cost more than the arithmetic."""
+    f = scores.detach().float().masked_fill(~visible, float("-inf"))
+    f.add_(0.0)  # -0.0 -> +0.0, so that both zeros tie
+    bits = f.view(torch.int32)
+    bits ^= (bits >> 31) & 0x7FFFFFFF  # negative floats: flip the magnitude bits -> monotone ints
+    keys = bits.to(torch.int64)
+    keys <<= 32
+    n = scores.shape[-1]
+    return keys.bitwise_or_(torch.arange(n - 1, -1, -1, device=scores.device))
+
+
+def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, T, k'], ok [B, T, k']) with k' = min(k, N): the highest-scoring visible blocks
+    (ties: earliest first), and whether each pick is a real, causally visible block (False
+    where fewer than k are complete yet)."""
     k = min(k, scores.shape[-1])
-    masked = scores.masked_fill(~visible, float("-inf"))
-    kth = masked.topk(k, dim=-1).values[..., -1:]  # the k-th largest value (ties: same value)
-    above = masked > kth
-    tied = masked == kth
-    room = k - above.sum(-1, keepdim=True)  # tied slots still to fill, in index order
-    return above | (tied & (tied.cumsum(-1) <= room))
+    idx = tie_broken_keys(scores, visible).topk(k, dim=-1).indices
+    return idx, visible.expand_as(scores).gather(-1, idx)
 
 
 def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
     """Bool [B, T, N]: the top-k causally visible blocks per query (fewer if fewer are visible)."""
-    return topk_chosen(scores, visible, k) & visible
-
-
-def chosen_indices(chosen: torch.Tensor, k: int) -> torch.Tensor:
-    """The block ids [B, T, k] of a mask with exactly k Trues per row, in increasing order."""
-    slot = torch.where(chosen, chosen.cumsum(-1) - 1, k)  # rank among the row's picks; k = discard
-    ids = torch.arange(chosen.shape[-1], device=chosen.device).expand_as(chosen)
-    out = torch.zeros(*chosen.shape[:-1], k + 1, dtype=torch.long, device=chosen.device)
-    return out.scatter_(-1, slot, ids)[..., :k]
-
-
-def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(idx [B, T, k'], ok [B, T, k']) with k' = min(k, N): the `topk_chosen` blocks as ids, and
-    whether each pick is a real, causally visible block (False where too few are complete yet)."""
-    k = min(k, scores.shape[-1])
-    idx = chosen_indices(topk_chosen(scores, visible, k), k)
-    return idx, visible.expand_as(scores).gather(-1, idx)
+    idx, ok = topk_indices(scores, visible, k)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, ok)
 
 
 def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
