@@ -63,7 +63,8 @@ def write_png(path, panels, width=480, height=320, pad=24):
     raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in img)
 
     def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        crc = struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + tag + data + crc
 
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n")

@@ -54,7 +54,8 @@ def run(name: str, args, train, val, vocab) -> dict:
     log = []
     t0 = time.process_time()
     for step in range(args.steps):
-        lr = args.lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        lr = args.lr * min(1.0, (step + 1) / 20) * cosine
         for g in opt.param_groups:
             g["lr"] = lr
         ids = batch(train, rng, args.batch, args.seq_len)
@@ -75,9 +76,11 @@ def run(name: str, args, train, val, vocab) -> dict:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         losses = [model.loss(v[:, :-1], v[:, 1:])[0].item()
                   for v in (batch(val, vrng, args.batch, args.seq_len) for _ in range(args.val_batches))]
-    return {"val_loss": float(np.mean(losses)), "final_train_loss": float(np.mean([r["loss"] for r in log[-10:]])),
+    return {"val_loss": float(np.mean(losses)),
+            "final_train_loss": float(np.mean([r["loss"] for r in log[-10:]])),
             "amax_fwd_final": log[-1]["amax_fwd"], "amax_bwd_final": log[-1]["amax_bwd"],
-            "amax_fwd_peak": max(r["amax_fwd"] for r in log), "amax_bwd_peak": max(r["amax_bwd"] for r in log),
+            "amax_fwd_peak": max(r["amax_fwd"] for r in log),
+            "amax_bwd_peak": max(r["amax_bwd"] for r in log),
             "train_cpu_s": cpu_s, "params": sum(p.numel() for p in model.parameters()), "log": log}
 
 
