@@ -83,6 +83,7 @@ class HyperConnection(nn.Module):
         n = self.n = cfg.hc_mult
         self.iters, self.eps, self.norm_eps = cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps
         self.unconstrained = cfg.hc_unconstrained
+        self.res_init = cfg.hc_res_init
         # phi laid out [pre(n) | post(n) | comb(n^2)] (mHC eq. 7, stored as [out, in]).
         self.phi = nn.Parameter(torch.empty(n * n + 2 * n, n * cfg.dim))
         self.alpha = nn.Parameter(torch.empty(3))
@@ -96,8 +97,9 @@ class HyperConnection(nn.Module):
         self.alpha.fill_(ALPHA_INIT)
         b_pre = torch.full((n,), -math.log(n - 1))
         b_post = torch.zeros(n)
-        # Unconstrained HC starts from the identity (HC paper's init); mHC from logits 0.
-        b_res = torch.eye(n) if self.unconstrained else torch.zeros(n, n)
+        # Unconstrained HC starts from the identity (HC paper's init); mHC from logits
+        # hc_res_init * I (default 0: comb = J/n).
+        b_res = torch.eye(n) * (1.0 if self.unconstrained else self.res_init)
         self.bias.copy_(torch.cat([b_pre, b_post, b_res.flatten()]))
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,8 +119,8 @@ class HyperConnection(nn.Module):
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb[0].detach())  # first sequence only: diagnostics
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # One batched product reads the streams twice over: row 0 is H_pre x (the
-            # sublayer input), rows 1..n are sum_j comb[j, k] x_j -- comb TRANSPOSED (H_res).
+            # One batched product applies both maps: row 0 is H_pre x (the sublayer
+            # input), rows 1..n are sum_j comb[j, k] x_j -- comb TRANSPOSED (= H_res).
             maps = torch.cat([pre.unsqueeze(-2), comb.transpose(-1, -2)], dim=-2)  # [..., n+1, n]
             h, mixed = torch.matmul(maps, x.float()).split([1, self.n], dim=-2)
         y = sublayer(h.squeeze(-2).to(x.dtype))
