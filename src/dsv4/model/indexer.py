@@ -58,7 +58,10 @@ def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Te
     if k >= n:
         return visible.expand_as(scores).clone()
     masked = scores.masked_fill(~visible, float("-inf"))
-    idx = masked.topk(k, dim=-1).indices
+    # [serve] Ties (common: ReLU makes many scores exactly 0) go to the earliest block. An
+    # arbitrary tie-break (topk's) could depend on N, i.e. on how many tokens follow in the
+    # same forward, so that a cached decoder and a full recompute would read different blocks.
+    idx = torch.sort(masked, dim=-1, descending=True, stable=True).indices[..., :k]
     chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
     return chosen & visible  # picks that landed on -inf (too few visible blocks) are dropped
 

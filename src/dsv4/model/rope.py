@@ -79,7 +79,8 @@ def rope_table(dim: int, seq_len: int, theta: float, original_seq_len: int = 0, 
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Rotate the last `2*freqs.shape[-1]` dims of x [..., T, H, D] by freqs [T, r/2].
+    """Rotate the last `2*freqs.shape[-1]` dims of x [..., T, H, D] by freqs [T, r/2]
+    (or [B, T, r/2]: per-row positions, as in ragged cached decoding).
 
     `inverse=True` applies the conjugate rotation (V4 un-rotates the rope dims of the
     attention output so that the output carries no absolute position). Computed in fp32
@@ -90,7 +91,7 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor, inverse: bool = False) -> t
     f = freqs.conj() if inverse else freqs
     shape = tail.shape
     t = torch.view_as_complex(tail.float().reshape(*shape[:-1], rd // 2, 2))
-    t = t * f.view(*([1] * (t.dim() - 3)), f.shape[0], 1, f.shape[1])
+    t = t * f.unsqueeze(-2)  # [T, r/2] or per-row [B, T, r/2] -> broadcast over heads
     t = torch.view_as_real(t).reshape(shape).to(x.dtype)
     return torch.cat([head, t], dim=-1) if head.shape[-1] else t
 
