@@ -120,12 +120,18 @@ def test_to_hf_bf16_from_transformers_dialects(hf_dir, tmp_path):
 def test_engram_and_mtp_need_drop(tmp_path, capsys):
     from transformers import DeepseekV4ForCausalLM
 
-    full = our_model(seed=5, engram_layer_ids=[1], engram_vocab_size=257, engram_dim=32, engram_n_heads=2,
-                     n_mtp_layers=1)
+    full = our_model(
+        seed=5, engram_layer_ids=[1], engram_vocab_size=257, engram_dim=32, engram_n_heads=2, n_mtp_layers=1
+    )
     ck = _save_ours(full, tmp_path / "full")
-    _fails(["convert", "--to-hf", str(ck), "--out", str(tmp_path / "x")], capsys,
-           "no Engram and no MTP.*--drop engram,mtp")
-    _fails(["convert", "--to-hf", str(ck), "--out", str(tmp_path / "y"), "--drop", "engram"], capsys, "no MTP")
+    _fails(
+        ["convert", "--to-hf", str(ck), "--out", str(tmp_path / "x")],
+        capsys,
+        "no Engram and no MTP.*--drop engram,mtp",
+    )
+    _fails(
+        ["convert", "--to-hf", str(ck), "--out", str(tmp_path / "y"), "--drop", "engram"], capsys, "no MTP"
+    )
     assert main(["convert", "--to-hf", str(ck), "--out", str(tmp_path / "z"), "--drop", "engram,mtp"]) == 0
     hf, info = DeepseekV4ForCausalLM.from_pretrained(tmp_path / "z", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -141,13 +147,24 @@ def test_engram_and_mtp_need_drop(tmp_path, capsys):
 def test_config_mapping_and_refusals(tmp_path):
     cfg = our_model().config
     hf = config_to_hf(cfg)
-    assert hf["layer_types"][2] == "heavily_compressed_attention" and hf["compress_rates"]["heavily_compressed_attention"] == 8
+    assert (
+        hf["layer_types"][2] == "heavily_compressed_attention"
+        and hf["compress_rates"]["heavily_compressed_attention"] == 8
+    )
     assert hf["rope_parameters"]["compress"]["rope_type"] == "yarn"
     assert hf["rope_parameters"]["compress"]["attention_factor"] == 1.0  # V4: no YaRN mscale
     # without our stash, the transformers fields alone give the same model
     plain = {k: v for k, v in hf.items() if k != "dsv4_config"}
     again = config_from_hf(plain)
-    for key in ("dim", "n_layers", "compress_ratios", "n_hash_layers", "rope_dim", "original_seq_len", "rope_factor"):
+    for key in (
+        "dim",
+        "n_layers",
+        "compress_ratios",
+        "n_hash_layers",
+        "rope_dim",
+        "original_seq_len",
+        "rope_factor",
+    ):
         assert getattr(again, key) == getattr(cfg, key), key
     # legacy DeepSeek spellings that transformers still accepts
     legacy = {**plain, "compress_ratios": [0, 4, 8, 4, 0], "num_hash_layers": 1, "qk_rope_head_dim": 16}
@@ -164,15 +181,25 @@ def test_config_mapping_and_refusals(tmp_path):
 
 def test_bad_inputs_are_user_errors(hf_dir, tmp_path, capsys):
     d, _, _ = hf_dir
-    _fails(["convert", "--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys, "not a directory")
+    _fails(
+        ["convert", "--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+        capsys,
+        "not a directory",
+    )
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     _fails(["convert", "--from-hf", str(d), "--out", str(tmp_path / "full")], capsys, "not empty")
     ck = _save_ours(our_model(), tmp_path / "ck")
-    _fails(["convert", "--to-hf", str(ck), "--out", str(tmp_path / "o2"), "--drop", "attention"], capsys,
-           "--drop accepts")
-    _fails(["convert", "--to-hf", str(ck), "--out", str(tmp_path / "o4"), "--max-shard-size", "lots"], capsys,
-           "--max-shard-size")
+    _fails(
+        ["convert", "--to-hf", str(ck), "--out", str(tmp_path / "o2"), "--drop", "attention"],
+        capsys,
+        "--drop accepts",
+    )
+    _fails(
+        ["convert", "--to-hf", str(ck), "--out", str(tmp_path / "o4"), "--max-shard-size", "lots"],
+        capsys,
+        "--max-shard-size",
+    )
     # a config that does not describe the weights
     bad = tmp_path / "bad"
     bad.mkdir()
