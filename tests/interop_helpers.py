@@ -81,11 +81,14 @@ OURS_TINY = dict(
 
 
 @torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def randomize(model: torch.nn.Module, seed: int = 0, matrices: bool = True) -> torch.nn.Module:
     """Every parameter and learned buffer random (not the init values), so that a swapped or
-    transposed tensor anywhere changes the logits. Names of both ours and transformers'."""
+    transposed tensor anywhere changes the logits. Names of both ours and transformers'.
+    matrices=False keeps the weight matrices at their init (a well-conditioned model)."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
+        if p.dim() >= 2 and not matrices:
+            continue
         if p.dim() >= 2:
             p.copy_(torch.randn(p.shape, generator=g) * 0.08)
         elif name.endswith(("scale", "alpha")):
@@ -110,6 +113,6 @@ def hf_model(seed: int = 0):
     return randomize(DeepseekV4ForCausalLM(cfg), seed).eval()
 
 
-def our_model(seed: int = 0, **overrides):
+def our_model(seed: int = 0, matrices: bool = True, **overrides):
     torch.manual_seed(seed)
-    return randomize(build_model("tiny", **{**OURS_TINY, **overrides}), seed).eval()
+    return randomize(build_model("tiny", **{**OURS_TINY, **overrides}), seed, matrices).eval()

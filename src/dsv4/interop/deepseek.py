@@ -117,10 +117,16 @@ def quantize_fp8(w: torch.Tensor, block: int = FP8_BLOCK) -> tuple[torch.Tensor,
     return q.to(torch.float8_e4m3fn), scale.to(torch.float8_e8m0fnu)
 
 
+def _block(n: int, n_scales: int) -> int:
+    """The block size along a dimension of n values with n_scales scales: 128 as released
+    (V4.1 uses 32x32 blocks, which the same rule recovers when 128 does not fit)."""
+    return FP8_BLOCK if -(-n // FP8_BLOCK) == n_scales else -(-n // n_scales)
+
+
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     out_f, in_f = q.shape
     so, si = scale.shape
-    bo, bi = -(-out_f // so), -(-in_f // si)  # block size (128 in the releases)
+    bo, bi = _block(out_f, so), _block(in_f, si)
     s = scale.float().repeat_interleave(bo, 0)[:out_f].repeat_interleave(bi, 1)[:, :in_f]
     return q.float() * s
 
@@ -133,7 +139,7 @@ def quantize_fp4(w: torch.Tensor, group: int = FP4_GROUP) -> tuple[torch.Tensor,
     g = w.float().view(out_f, in_f // group, group)
     scale = _pow2_scale(g.abs().amax(dim=-1), FP4_MAX)
     x = (g / scale.unsqueeze(-1)).view(out_f, in_f)
-    codes = (x.unsqueeze(-1) - FP4_VALUES[:8].to(x)).abs().argmin(-1) + 8 * (x < 0)
+    codes = (x.abs().unsqueeze(-1) - FP4_VALUES[:8].to(x)).abs().argmin(-1) + 8 * (x < 0)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
     return packed.view(torch.float4_e2m1fn_x2), scale.to(torch.float8_e8m0fnu)
 

@@ -434,7 +434,9 @@ def convert_from_hf(
     src_dir, out = Path(hf_dir), Path(out)
     if not src_dir.is_dir():
         raise UserError(f"--from-hf {src_dir} is not a directory")
-    cfg = config_from_hf(_read_json(src_dir / "config.json"))
+    from dsv4.interop.formats import external_config
+
+    cfg = external_config(src_dir)  # transformers or DeepSeek config; keeps MTP if the weights have it
     src = TensorSource(src_dir)
     plan = foreign_plan(src, cfg, dtype)
     _prepare_out(out, src_dir)

@@ -102,7 +102,7 @@ class TensorSource:
                     sl = h.get_slice(k)
                     self.where[k] = f
                     self._meta[k] = (tuple(sl.get_shape()), sl.get_dtype())
-        self._handle: tuple[str, object] | None = None
+        self._handle: tuple[str, object, object] | None = None  # (shard, context manager, handle)
 
     def _open(self, shard: str):
         path = self.dir / shard
@@ -131,9 +131,10 @@ class TensorSource:
             raise UserError(f"tensor {name} is missing from {self.dir}")
         if self._handle is None or self._handle[0] != shard:
             self.close()
-            self._handle = (shard, self._open(shard).__enter__())
+            cm = self._open(shard)
+            self._handle = (shard, cm, cm.__enter__())
         try:
-            return self._handle[1].get_tensor(name)
+            return self._handle[2].get_tensor(name)
         except Exception as e:
             raise UserError(f"cannot read tensor {name} from {self.dir / shard}: {e}") from None
 
