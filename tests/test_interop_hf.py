@@ -32,8 +32,6 @@ from dsv4.model.load import load_model
 from dsv4.train.checkpoint import write_model_files
 from interop_helpers import OURS_TINY, hf_model, our_model
 
-pytest.importorskip("transformers")
-
 T = 150
 
 

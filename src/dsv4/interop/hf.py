@@ -407,18 +407,6 @@ def foreign_plan(src: TensorSource, cfg: ModelConfig, dtype: torch.dtype | None)
     return plan
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object")
-    return data
-
-
 def _prepare_out(out: Path, src: Path) -> None:
     if out.resolve() == src.resolve():
         raise UserError(f"--out {out} is the source directory; choose another")
