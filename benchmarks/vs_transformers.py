@@ -64,15 +64,19 @@ def build_pair(name: str, tmp: Path):
     return cfg, ours, hf, diff
 
 
-def median_time(step, n: int, warmup: int = 2) -> float:
+def paired_times(a, b, n: int, warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of a() and b(), run alternately so that load changes on a shared
+    machine hit both sides alike."""
     for _ in range(warmup):
-        step()
-    times = []
+        a()
+        b()
+    ta, tb = [], []
     for _ in range(n):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, out in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def train_step_times(cfg, ours, hf, batch: int, seq: int, n: int) -> dict:
@@ -98,7 +102,7 @@ def train_step_times(cfg, ours, hf, batch: int, seq: int, n: int) -> dict:
         opt_h.step()
         opt_h.zero_grad(set_to_none=True)
 
-    t_o, t_h = median_time(step_ours, n), median_time(step_hf, n)
+    t_o, t_h = paired_times(step_ours, step_hf, n)
     return {"batch": batch, "seq": seq, "ours_s": t_o, "transformers_s": t_h, "speedup": t_h / t_o}
 
 
@@ -125,8 +129,7 @@ def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast
             )
         return out[0, prompt_len:].tolist()
 
-    t_o = median_time(run_ours, repeat, warmup=1)
-    t_h = median_time(run_hf, repeat, warmup=1)
+    t_o, t_h = paired_times(run_ours, run_hf, repeat)
     a, b = run_ours(), run_hf()
     same = sum(1 for i, j in zip(a, b, strict=False) if i == j)
     return {

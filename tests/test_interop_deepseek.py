@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dsv4.cli import main
+from dsv4.errors import UserError
 from dsv4.interop import st_io
 from dsv4.interop.deepseek import (
     FP4_VALUES,
@@ -185,3 +186,77 @@ def test_summary_of_our_checkpoint(released, capsys):
     assert main(["model", "summary", "--ckpt", str(ours)]) == 0
     text = capsys.readouterr().out
     assert "loaded: layout dsv4" in text
+
+
+def test_released_flash_config_is_our_v4_flash_preset():
+    """DeepSeek-V4-Flash's inference/config.json (values of the release) parses to our preset."""
+    from dsv4.config import make_config
+    from dsv4.interop.deepseek import config_from_deepseek
+
+    released = dict(
+        vocab_size=129280,
+        dim=4096,
+        moe_inter_dim=2048,
+        n_layers=43,
+        n_hash_layers=3,
+        n_heads=64,
+        n_routed_experts=256,
+        n_shared_experts=1,
+        n_activated_experts=6,
+        score_func="sqrtsoftplus",
+        route_scale=1.5,
+        swiglu_limit=10.0,
+        q_lora_rank=1024,
+        head_dim=512,
+        rope_head_dim=64,
+        o_groups=8,
+        o_lora_rank=1024,
+        window_size=128,
+        original_seq_len=65536,
+        rope_theta=10000,
+        rope_factor=16,
+        beta_fast=32,
+        beta_slow=1,
+        index_n_heads=64,
+        index_head_dim=128,
+        index_topk=512,
+        hc_mult=4,
+        hc_sinkhorn_iters=20,
+        dtype="fp8",
+        scale_fmt="ue8m0",
+        expert_dtype="fp4",
+        compress_rope_theta=160000,
+        compress_ratios=[0, 0] + [4, 128] * 20 + [4, 0],  # 43 layers + the MTP block's entry
+    )
+    got, want = config_from_deepseek(released, has_mtp=True), make_config("v4-flash")
+    for key in (
+        "dim",
+        "n_layers",
+        "n_heads",
+        "head_dim",
+        "rope_dim",
+        "q_lora_rank",
+        "o_groups",
+        "o_lora_rank",
+        "window_size",
+        "compress_ratios",
+        "index_n_heads",
+        "index_head_dim",
+        "index_topk",
+        "n_routed_experts",
+        "n_activated_experts",
+        "moe_inter_dim",
+        "n_hash_layers",
+        "route_scale",
+        "swiglu_limit",
+        "hc_mult",
+        "rope_factor",
+        "original_seq_len",
+        "compress_rope_theta",
+        "rope_theta",
+        "n_mtp_layers",
+        "vocab_size",
+    ):
+        assert getattr(got, key) == getattr(want, key), key
+    with pytest.raises(UserError, match="unknown key"):
+        config_from_deepseek({**released, "n_dense_layers": 1})
