@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -148,7 +149,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = 16 if args.quick else 64
-    res = {"machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
+    machine = {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__,
+               "load_avg_at_start": os.getloadavg()}  # a shared machine makes the numbers noisy
+    res = {"machine": machine,
            "cached_vs_recompute": [], "single_stream": [], "speculative": [], "batched": [], "kv_cache": []}
 
     def log(key, item):
@@ -158,7 +161,7 @@ def main() -> None:
     for preset in ("flagship", "baseline"):
         log("cached_vs_recompute", cached_vs_recompute(preset, 1024, n // 2, False))
     for preset in ("lite", "lite-plain"):
-        for ac in (False, True):
+        for ac in (False, True, "prefill"):  # fp32, bf16 everywhere, bf16 prefill + fp32 decode
             log("single_stream", single_stream(preset, 256, 2 * n, ac))
     if args.ckpt:
         from dsv4.model.load import load_model
@@ -172,6 +175,7 @@ def main() -> None:
         log("batched", batched_throughput("lite", b, n, False))
     for preset in ("flagship", "v4-flash"):
         log("kv_cache", kv_bytes_per_token(preset, 128 * 1024))
+    res["machine"]["load_avg_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

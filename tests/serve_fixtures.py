@@ -34,13 +34,13 @@ def tool_conversation(with_answer: bool) -> list[dict]:
     return msgs
 
 
-def teach_tool_call(model, tok, steps: int = 120) -> None:
+def teach_tool_call(model, tok, steps: int = 50) -> None:
     """Overfit the model on one assistant turn that calls WEATHER_TOOL, so that greedy
     decoding of that prompt really produces a tool call (the random model never would)."""
     ids, mask = tok.encode_chat(tool_conversation(True), add_generation_prompt=False, return_mask=True)
     x = torch.tensor([ids[:-1]])
     y = torch.tensor([[t if m else -100 for t, m in zip(ids[1:], mask[1:], strict=True)]])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
         loss, _ = model.loss(x, y)

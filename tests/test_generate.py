@@ -16,7 +16,7 @@ from helpers_train import build_small_data, tiny_config
 def run_dir(tmp_path_factory):
     data = build_small_data(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("run")
-    pretrain(tiny_config(out, data, max_steps=30, save_every=0, eval_every=0))
+    pretrain(tiny_config(out, data, max_steps=6, save_every=0, eval_every=0))
     return out
 
 

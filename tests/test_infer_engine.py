@@ -40,6 +40,30 @@ def test_cached_decode_matches_full_recompute(model, autocast, tol):
         assert torch.equal(ref.argmax(-1), torch.tensor(out.token_ids))
 
 
+def test_bf16_prefill_fp32_decode_is_close_to_fp32(model):
+    """The default precision mode (bf16 prompt chunks, fp32 decode steps)."""
+    prompt = list(range(3, 80))
+    out = Engine(model, None, max_batch=1, prefill_chunk=32).generate(
+        prompt, SamplingParams(max_tokens=60, temperature=0, logprobs=0, ignore_eos=True))[0]
+    ref = full_logprobs(model, prompt + out.token_ids)[len(prompt) - 1:-1]
+    got = torch.tensor([lp["logprob"] for lp in out.logprobs])
+    assert (got - ref.gather(1, torch.tensor(out.token_ids)[:, None])[:, 0]).abs().max() < 0.15
+
+
+@pytest.mark.parametrize("preset", ["lite", "flagship"])
+def test_cached_decode_matches_full_recompute_other_presets(preset):
+    """Every V4 preset: windows wrap (64) and CSA/HCA blocks complete many times over."""
+    torch.manual_seed(0)
+    m = build_model(preset, max_seq_len=256).eval()
+    prompt = list(range(40, 90))
+    out = Engine(m, None, max_batch=1, autocast=False, prefill_chunk=24).generate(
+        prompt, SamplingParams(max_tokens=150, temperature=0, logprobs=0, ignore_eos=True))[0]
+    ref = full_logprobs(m, prompt + out.token_ids)[len(prompt) - 1:-1]
+    got = torch.tensor([lp["logprob"] for lp in out.logprobs])
+    assert (got - ref.gather(1, torch.tensor(out.token_ids)[:, None])[:, 0]).abs().max() < 1e-4
+    assert torch.equal(ref.argmax(-1), torch.tensor(out.token_ids))
+
+
 def test_temperature_zero_and_seed_are_deterministic(model):
     eng = Engine(model, None, max_batch=2, autocast=False)
     greedy = SamplingParams(max_tokens=40, temperature=0)

@@ -10,10 +10,13 @@ from dsv4.model.ffn import FeedForward, swiglu
 from dsv4.model.moe import MoE, hash_routing_table
 from dsv4.model.transformer import ForwardContext
 
+# Every switch off except what a test turns on (the `tiny` preset has all components on).
+SMALL = dict(vocab_size=2048, dim=64, n_layers=2, n_heads=2, head_dim=32, max_seq_len=128)
+
 
 def _moe(layer_id=1, **over):
     base = dict(dim=32, n_routed_experts=6, n_activated_experts=2, moe_inter_dim=24, n_hash_layers=1)
-    cfg = make_config("tiny", **{**base, **over})
+    cfg = make_config("baseline", **{**SMALL, **base, **over})
     torch.manual_seed(0)
     moe = MoE(cfg, layer_id)
     for p in moe.parameters():  # init_std 0.02 makes outputs tiny; use O(1) weights for the comparison
@@ -53,11 +56,10 @@ def test_grouped_experts_equal_naive_reference(score_func, layer_id):
     x = torch.randn(3, 7, cfg.dim)
     ids = torch.randint(0, cfg.vocab_size, (3, 7))
     want = _naive(moe, x.reshape(-1, cfg.dim), ids.reshape(-1)).view_as(x)
-    got = moe(x, _ctx(ids))
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    # the per-expert fallback loop computes the same thing
-    moe._grouped_mm_ok = lambda *a: False
-    torch.testing.assert_close(moe(x, _ctx(ids)), want, atol=1e-4, rtol=1e-4)
+    # both the per-expert loop (CPU default) and the grouped_mm path (CUDA default) match
+    for grouped in (False, True):
+        moe._grouped_mm_ok = lambda *a, g=grouped: g
+        torch.testing.assert_close(moe(x, _ctx(ids)), want, atol=1e-4, rtol=1e-4)
 
 
 def test_grouped_and_looped_gradients_agree_under_bf16_autocast():
@@ -133,16 +135,17 @@ def test_load_counted_only_in_training_and_bias_is_checkpointed():
     moe.train()
     moe(x, _ctx(torch.zeros(1, 10, dtype=torch.long)))
     assert moe.gate.load.sum() == 10 * cfg.n_activated_experts
-    sd = build_model("tiny", n_routed_experts=4, n_hash_layers=1).state_dict()
+    sd = build_model("baseline", **SMALL, n_routed_experts=4, n_hash_layers=1).state_dict()
     assert "layers.1.ffn.gate.bias" in sd and "layers.0.ffn.gate.tid2eid" in sd
     assert not any(k.endswith("gate.load") for k in sd)
 
 
 def test_block_uses_moe_switch_and_model_is_causal():
-    dense = build_model("tiny")
+    dense = build_model("baseline", **SMALL)
     assert isinstance(dense.layers[0].ffn, FeedForward)
     torch.manual_seed(0)
-    model = build_model("tiny", n_routed_experts=4, n_activated_experts=2, n_hash_layers=1).eval()
+    model = build_model("baseline", **SMALL, n_routed_experts=4, n_activated_experts=2,
+                        n_hash_layers=1).eval()
     assert isinstance(model.layers[1].ffn, MoE) and model.layers[0].ffn.gate.is_hash
     ids = torch.randint(0, 2048, (2, 24))
     logits = model(ids)
@@ -150,6 +153,7 @@ def test_block_uses_moe_switch_and_model_is_causal():
     ids2 = ids.clone()
     ids2[:, 12:] = torch.randint(0, 2048, (2, 12))
     torch.testing.assert_close(model(ids2)[:, :12], logits[:, :12])
+    model.train()
     loss, stats = model.loss(ids, ids)
     loss.backward()
     assert {"moe_load_max_over_mean", "moe_load_max_over_mean_l0", "moe_load_max_over_mean_l1"} <= set(stats)

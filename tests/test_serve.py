@@ -248,3 +248,36 @@ def test_disconnect_mid_stream_frees_the_slot(server):
     r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "y", "max_tokens": 2},
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_scheduler_survives_an_engine_failure(local):
+    """A step that raises fails the requests in flight with an error; the loop carries on."""
+    from dsv4.serve.scheduler import Scheduler
+
+    sched = Scheduler(local).start()
+    real_step, calls = local.step, []
+
+    def flaky_step():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real_step()
+
+    local.step = flaky_step
+    ids = local.tokenizer.encode("import os")
+
+    async def run_one(max_tokens):
+        h = sched.submit(ids, SamplingParams(max_tokens=max_tokens, temperature=0))
+        out = []
+        async for d in h.events():
+            out += d.token_ids
+        return out
+
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            asyncio.run(run_one(50))
+        assert not local.has_work() and len(local.free_slots) == local.max_batch
+        assert len(asyncio.run(run_one(5))) >= 1  # the next request is served
+    finally:
+        del local.step  # back to the class's method
+        sched.stop()

@@ -77,15 +77,31 @@ def _assert_same_weights(a, b):
         assert torch.equal(wa[name], wb[name]), f"{name} differs"
 
 
-def test_resume_is_bit_exact(tmp_path, straight_run, data_dir):
+def test_resume_is_bit_exact(tmp_path, straight_run, data_dir, monkeypatch):
+    """Session 1 crashes in step 26 (last checkpoint: 20); `resume` replays 21..30 and ends
+    with exactly the weights, optimizer moments and data position of the straight run."""
     ref, _ = straight_run
     out = tmp_path / "split"
-    first = pretrain(tiny_config(out, data_dir, stop_at=20))
-    assert first["step"] == 20 and (out / "latest").read_text().strip() == "step-000020"
+    import dsv4.train.pretrain as P
+
+    real = P.set_lr
+    calls = {"n": 0}
+
+    def crash_in_step_26(optimizers, mult):
+        calls["n"] += 1
+        if calls["n"] == 26:
+            raise KeyboardInterrupt
+        return real(optimizers, mult)
+
+    monkeypatch.setattr(P, "set_lr", crash_in_step_26)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(out, data_dir))
+    monkeypatch.setattr(P, "set_lr", real)
+    assert (out / "latest").read_text().strip() == "step-000020"
+
     second = pretrain(tiny_config(out, data_dir, resume=True))
     assert second["step"] == 30
     _assert_same_weights(ref / "step-000030", out / "step-000030")
-    # optimizer moments and data position too, not only the weights
     sa = torch.load(ref / "step-000030" / "train_state.pt", weights_only=True)
     sb = torch.load(out / "step-000030" / "train_state.pt", weights_only=True)
     assert sa["loader"] == sb["loader"]
@@ -93,36 +109,19 @@ def test_resume_is_bit_exact(tmp_path, straight_run, data_dir):
         for k in oa["state"]:
             for name, v in oa["state"][k].items():
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(ob["state"][k][name])), name
-    # the metrics of the resumed steps equal the straight run's
+    # the metrics of the replayed steps equal the straight run's, and are not logged twice
     la = [r["loss"] for r in read_metrics(ref / "metrics.jsonl") if "loss" in r]
-    lb = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
-    assert la == lb
+    rb = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rb] == list(range(1, 31))
+    assert la == [r["loss"] for r in rb]
 
 
-def test_resume_after_a_crash_replays_from_the_checkpoint(tmp_path, straight_run, data_dir, monkeypatch):
-    """A crash after step 25 (checkpoint at 20): resume redoes 21..30 and ends bit-identical."""
-    ref, _ = straight_run
-    out = tmp_path / "crash"
-    import dsv4.train.pretrain as P
-
-    real = P.set_lr
-    calls = {"n": 0}
-
-    def crash_at_26(optimizers, mult):
-        calls["n"] += 1
-        if calls["n"] == 26:
-            raise KeyboardInterrupt
-        return real(optimizers, mult)
-
-    monkeypatch.setattr(P, "set_lr", crash_at_26)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(tiny_config(out, data_dir))
-    monkeypatch.setattr(P, "set_lr", real)
-    assert (out / "latest").read_text().strip() == "step-000020"
-    pretrain(tiny_config(out, data_dir, resume=True))
-    _assert_same_weights(ref / "step-000030", out / "step-000030")
-    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
-    assert steps == list(range(1, 31))  # the replayed steps are not logged twice
+def test_stop_at_ends_a_session_with_a_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "s"
+    s = pretrain(tiny_config(out, data_dir, max_steps=6, stop_at=3, save_every=0, eval_every=0))
+    assert s["step"] == 3 and (out / "latest").read_text().strip() == "step-000003"
+    state = torch.load(out / "step-000003" / "train_state.pt", weights_only=True)
+    assert state["train_config"]["max_steps"] == 6 and state["step"] == 3
 
 
 def test_model_gets_training_progress(tmp_path, data_dir, monkeypatch):

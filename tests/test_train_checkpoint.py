@@ -33,7 +33,8 @@ def _raise(*a, **k):
 @pytest.mark.parametrize("where", ["weights", "train_state", "rename", "pointer"])
 def test_crash_inside_save_keeps_previous_checkpoint(tmp_path, data_dir, monkeypatch, where):
     out = tmp_path / "run"
-    pretrain(tiny_config(out, data_dir, max_steps=20, stop_at=10, eval_every=0))
+    small = dict(max_steps=4, save_every=2, eval_every=0, seq_len=32)
+    pretrain(tiny_config(out, data_dir, stop_at=2, **small))
     before = load_model(out).state_dict()
     if where == "weights":  # die while the safetensors file is being written
         import safetensors.torch
@@ -46,14 +47,14 @@ def test_crash_inside_save_keeps_previous_checkpoint(tmp_path, data_dir, monkeyp
     else:  # directory in place, pointer not yet switched
         monkeypatch.setattr(ck, "write_pointer", _raise)
     with pytest.raises(Boom):
-        pretrain(tiny_config(out, data_dir, max_steps=20, eval_every=0, resume=True))
+        pretrain(tiny_config(out, data_dir, resume=True, **small))
     monkeypatch.undo()
-    assert (out / "latest").read_text().strip() == "step-000010"
+    assert (out / "latest").read_text().strip() == "step-000002"
     after = load_model(out).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # and the run goes on from there
-    s = pretrain(tiny_config(out, data_dir, max_steps=20, eval_every=0, resume=True))
-    assert s["step"] == 20 and (out / "latest").read_text().strip() == "step-000020"
+    s = pretrain(tiny_config(out, data_dir, resume=True, **small))
+    assert s["step"] == 4 and (out / "latest").read_text().strip() == "step-000004"
     assert not list(out.glob(".tmp-*"))  # leftovers of the crashed save are cleaned up
 
 

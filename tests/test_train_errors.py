@@ -19,7 +19,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("run")
-    pretrain(tiny_config(out, data_dir, max_steps=4, save_every=0, eval_every=0))
+    pretrain(tiny_config(out, data_dir, max_steps=2, save_every=0, eval_every=0, seq_len=32))
     return out
 
 

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model id clients must send (default: the checkpoint directory's name)")
     p.add_argument("--max-batch", type=int, default=8, metavar="N", help="concurrent sequences (default: 8)")
     p.add_argument("--prefill-chunk", type=int, default=256, metavar="N", help="prompt tokens per step (256)")
-    p.add_argument("--fp32", action="store_true", help="compute in fp32 instead of bf16 autocast")
+    p.add_argument("--fp32", action="store_true",
+                   help="fp32 everywhere (default: bf16 autocast for prompt prefill, fp32 decode)")
     p.add_argument("--speculative", action="store_true",
                    help="MTP self-speculative decoding (the model's MTP head drafts one token per step)")
     p.set_defaults(func=_serve)
@@ -25,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from dsv4.serve.server import serve
 
     serve(args.ckpt, host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
-          max_batch=args.max_batch, prefill_chunk=args.prefill_chunk, autocast=not args.fp32,
+          max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
+          autocast=False if args.fp32 else "prefill",
           speculative=args.speculative)
     return 0

@@ -36,6 +36,7 @@ def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int = 0) -> to
     A key is visible when it is not in the future, is a real entry (position >= 0) and, with
     a window, lies among the last `window` positions (the query's own included).
     """
+    k_pos = k_pos.to(q_pos.device)
     if k_pos.dim() == 1:
         k_pos = k_pos.unsqueeze(0)
     q = q_pos.unsqueeze(-1)  # [B, T, 1]
@@ -59,11 +60,10 @@ class RingBuffer:
     def write(self, rows: torch.Tensor, positions: torch.Tensor, **tensors: torch.Tensor) -> None:
         """Store tensors [B, T, ...] at positions [B, T] of slots `rows` [B]. Only the last
         `capacity` tokens of a chunk longer than the ring survive (as in a real ring)."""
+        positions = positions.cpu()  # bookkeeping on the CPU; data lives where it was computed
         if positions.shape[1] > self.capacity:
             positions = positions[:, -self.capacity:]
             tensors = {k: v[:, -self.capacity:] for k, v in tensors.items()}
-        if self.pos.device != positions.device:
-            self.pos = self.pos.to(positions.device)
         cells = positions % self.capacity
         r = rows.unsqueeze(1)
         for name, t in tensors.items():
@@ -117,7 +117,7 @@ class DenseStore:
                 p0 = int(positions[0, 0])
                 buf[block.start, p0:p0 + positions.shape[1]] = t[0].to(buf.dtype)
             else:
-                buf[rows.unsqueeze(1), positions] = t.to(buf.dtype)
+                buf[rows.unsqueeze(1), positions.cpu()] = t.to(buf.dtype)
         # The prefix the furthest row has reached; a row's cells past its own positions are
         # stale or empty and are masked by position.
         L = int(positions.max()) + 1
@@ -149,7 +149,8 @@ class RingStore:
         new = {"k": k} if v is None else {"k": k, "v": v}
         if "k" in self.ring.data:
             old, old_pos = self.ring.read(rows, names)
-            old_pos = torch.where(old_pos < positions[:, :1], old_pos, torch.full_like(old_pos, -1))
+            old_pos = torch.where(old_pos < positions[:, :1].cpu(), old_pos, torch.full_like(old_pos, -1))
+            old_pos = old_pos.to(positions.device)
             cat = [torch.cat([o.to(new[n].dtype), new[n]], dim=1) for o, n in zip(old, names, strict=True)]
             k_pos = torch.cat([old_pos, positions], dim=1)
         else:
@@ -183,6 +184,7 @@ class CompressedCache:
         """Store raw features [B, T, ...]; return [(row_index, block_ids, {name: [n, span, ...]})]
         for every row that completed blocks (positions before 0 of an early block are zeros)."""
         done = []
+        positions = positions.cpu()
         for b in range(rows.shape[0]):
             slot = int(rows[b])
             first, last = int(positions[b, 0]), int(positions[b, -1])
@@ -199,7 +201,7 @@ class CompressedCache:
                        else t.new_zeros(0, *t.shape[2:]))
                 local = torch.cat([old.to(t.dtype), t[b]], dim=0)
                 got = local[(pos - lo).clamp(min=0)]
-                keep = (pos >= 0).view(*pos.shape, *[1] * (got.dim() - 2))
+                keep = (pos >= 0).view(*pos.shape, *[1] * (got.dim() - 2)).to(got.device)
                 feats[name] = torch.where(keep, got, torch.zeros_like(got))
             done.append((b, blocks, feats))
         self.raw.write(rows, positions, **raw)

@@ -88,7 +88,7 @@ class Output:
 
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 8, prefill_chunk: int = 256,
-                 max_len: int | None = None, autocast: bool | None = None,
+                 max_len: int | None = None, autocast: bool | str = "prefill",
                  draft_fn=None, num_draft: int = 0):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -96,9 +96,14 @@ class Engine:
         self.max_batch, self.prefill_chunk = max_batch, max(1, prefill_chunk)
         self.draft_fn, self.num_draft = draft_fn, num_draft if draft_fn else 0
         self.keep_streams = bool(getattr(draft_fn, "needs_streams", False))
+        self._prefilling = False  # inside a prompt chunk (bf16 under autocast="prefill")
         self.device = next(model.parameters()).device
-        # bf16 autocast by default (SPEC 1.5: ~4x the fp32 matmul rate on this CPU's AMX)
-        self.autocast = autocast if autocast is not None else True
+        # bf16 autocast: True (everything), False (fp32), or "prefill" (the default): bf16 for
+        # prompt chunks, where matmuls are big enough for AMX's ~4x (SPEC 1.5), fp32 for the
+        # one-token decode steps, where casts cost more than they save (benchmarks/decode.py).
+        if autocast not in (True, False, "prefill"):
+            raise ValueError(f"autocast must be True, False or 'prefill' (got {autocast!r})")
+        self.autocast = autocast
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
         self.free_slots = list(range(max_batch - 1, -1, -1))
         self.waiting: deque[Sequence] = deque()
@@ -174,7 +179,8 @@ class Engine:
             return self.model.head(self.model._final(streams)).float().cpu()
 
     def _amp(self):
-        if not self.autocast:
+        on = self.autocast is True or (self.autocast == "prefill" and self._prefilling)
+        if not on:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -209,11 +215,15 @@ class Engine:
         chunk = seq.prompt[start:start + self.prefill_chunk]
         ids = torch.tensor([chunk], dtype=torch.long)
         pos = torch.arange(start, start + len(chunk)).unsqueeze(0)
-        streams = self._forward([seq.slot], ids, pos)
-        seq.n_cached += len(chunk)
-        self._keep(seq, start, streams[0])
-        if seq.n_cached == len(seq.prompt):  # the prompt is in: its last logits give token 1
-            self._emit(seq, self._logits(streams[:, -1:])[0, 0])
+        self._prefilling = True
+        try:
+            streams = self._forward([seq.slot], ids, pos)
+            seq.n_cached += len(chunk)
+            self._keep(seq, start, streams[0])
+            if seq.n_cached == len(seq.prompt):  # the prompt is in: its last logits give token 1
+                self._emit(seq, self._logits(streams[:, -1:])[0, 0])
+        finally:
+            self._prefilling = False
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
         ids = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)

@@ -115,6 +115,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """GPT-style init: N(0, init_std), output projections scaled by 1/sqrt(2L)."""
+        if self.embed.weight.is_meta:  # built for parameter counting: nothing to initialise
+            return
         std = self.config.init_std
         for name, p in self.named_parameters():
             if p.dim() < 2:

@@ -85,7 +85,8 @@ def create_app(scheduler, tokenizer, model_name: str = "dsv4", api_key: str | No
                            f"has {prompt_len} and max_tokens is {max_tokens} (at most {room})",
                            code="context_length_exceeded", param="max_tokens")
         seed = None if req.seed is None else req.seed + index
-        return SamplingParams(max_tokens=max_tokens or room, temperature=req.temperature, top_p=req.top_p,
+        return SamplingParams(max_tokens=max_tokens or room, temperature=req.temperature,
+                              top_p=max(req.top_p, 1e-9),
                               top_k=req.top_k, seed=seed, stop=req.stop_list(), stop_token_ids=stop_ids,
                               logprobs=logprobs, ignore_eos=req.ignore_eos)
 

@@ -39,7 +39,7 @@ class _Sampling(_Lenient):
     model: str
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0)  # 0: only the most likely token
     top_k: StrictInt = Field(default=0, ge=0)
     n: StrictInt = Field(default=1, ge=1, le=MAX_N)
     stream: StrictBool = False

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def build_server(ckpt: str | Path, model_name: str | None = None, api_key: str | None = None,
-                 max_batch: int = 8, prefill_chunk: int = 256, autocast: bool = True,
+                 max_batch: int = 8, prefill_chunk: int = 256, autocast: bool | str = "prefill",
                  speculative: bool = False):
     """(app, scheduler) for a checkpoint; the scheduler thread is started. `speculative`:
     the model's MTP head drafts one token per step (self-speculative decoding)."""
@@ -28,7 +28,7 @@ def build_server(ckpt: str | Path, model_name: str | None = None, api_key: str |
 
 def serve(ckpt: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           model_name: str | None = None, max_batch: int = 8, prefill_chunk: int = 256,
-          autocast: bool = True, speculative: bool = False, log_level: str = "info") -> None:
+          autocast: bool | str = "prefill", speculative: bool = False, log_level: str = "info") -> None:
     import uvicorn
 
     from dsv4.errors import UserError

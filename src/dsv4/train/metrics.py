@@ -3,7 +3,7 @@
 MFU = achieved model FLOP/s / peak FLOP/s, where
   - model FLOPs per token = 6 * N_active (forward + backward of every matmul weight a
     token passes through; embedding and Engram lookups are not matmuls, routed experts
-    count at n_activated / n_routed) + 12 * L * H * D_head * T for attention scores and
+    count at n_activated / n_routed, the MTP block's pass through the shared head counts) + 12 * L * H * D_head * T for attention scores and
     values (the PaLM appendix B convention, not halved for causality);
   - peak = the rate of a short timed loop of large bf16 matmuls on this machine, with the
     threads the run uses (cached per machine/threads/torch version, since it takes ~1 s).
@@ -32,6 +32,8 @@ def active_matmul_params(model: torch.nn.Module) -> int:
         n += int(p.numel() * scale)
     if cfg.tie_embeddings:  # the head shares the embedding matrix but is a real matmul
         n += cfg.vocab_size * cfg.dim
+    # each MTP block runs the shared head once more per token (SPEC 1.5)
+    n += getattr(cfg, "n_mtp_layers", 0) * cfg.vocab_size * cfg.dim
     return n
 
 
