@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 from dsv4.model import build_model
 from dsv4.train.config import TrainConfig
-from dsv4.train.metrics import flops_per_token, measure_peak_flops
+from dsv4.train.metrics import _cpu_name, flops_per_token, measure_peak_flops
 from dsv4.train.optim import build_optimizers
 from dsv4.train.pretrain import train_step
 
@@ -79,6 +78,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--label", default="default",
+                    help="name of this measurement; results of other labels in --out are kept")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
@@ -95,16 +96,22 @@ def main() -> None:
         print(f"{r['preset']:>9} compile={str(r['compile']):5} {r['params'] / 1e6:6.2f}M params  "
               f"{r['tokens_per_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  (warm-up {r['warmup_s']:.1f}s)")
     print(f"bf16 matmul peak: {peak / 1e12:.3f} TFLOP/s ({args.threads} threads)")
-    result = {
-        "benchmark": "train_throughput",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "torch": torch.__version__},
+    print("\n| preset | params | compile | tokens/s | MFU | step (ms) |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {'yes' if r['compile'] else 'no'} | "
+              f"{r['tokens_per_s']:.0f} | {100 * r['mfu']:.1f}% | {r['step_ms_median']:.0f} |")
+    run = {
+        "machine": {"cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__},
         "peak_flops_bf16": peak,
         "peak_flops_before_after": [peak_before, peak_after],
-        "note": "shared machine: numbers are noisy, reported as measured",
         "rows": rows,
     }
     out = Path(args.out)
+    result = {"benchmark": "train_throughput", "runs": {}}
+    if out.exists():
+        result = json.loads(out.read_text())
+    result["note"] = "shared machine: numbers are noisy, reported as measured"
+    result["runs"][args.label] = run
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

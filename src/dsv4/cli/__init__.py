@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "dsv4.cli.train",
     "dsv4.cli.generate",
     "dsv4.cli.quickstart",
+    "dsv4.cli.convert",
 ]
 
 

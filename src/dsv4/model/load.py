@@ -110,6 +110,10 @@ def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> torc
     from dsv4.model.transformer import Transformer
 
     ckpt = resolve_checkpoint(ckpt_dir)
+    from dsv4.interop.formats import detect_layout, load_external  # transformers / DeepSeek layouts
+
+    if detect_layout(ckpt) != "dsv4":
+        return load_external(ckpt, device)[0]
     cfg = load_config(ckpt)
     model = Transformer(cfg)
     load_weights_into(model, read_weights(ckpt), str(ckpt / WEIGHTS))
