@@ -11,7 +11,8 @@ def test_presets_validate():
 
 
 def test_overrides_are_coerced_and_validated():
-    cfg = make_config("tiny", **parse_set_args(["dim=96", "attn_sink=true", "compress_ratios=0,0"]))
+    overrides = ["dim=96", "attn_sink=true", "n_layers=2", "compress_ratios=0,0"]
+    cfg = make_config("tiny", **parse_set_args(overrides))
     assert cfg.dim == 96 and cfg.attn_sink is True and cfg.compress_ratios == [0, 0]
     with pytest.raises(UserError, match="unknown model config key"):
         parse_set_args(["nope=1"])

@@ -62,6 +62,12 @@ class ModelConfig:
     hc_mult: int = 1  # number of residual streams n; 1 = plain residual
     hc_sinkhorn_iters: int = 20
     hc_eps: float = 1e-6
+    # Ablation only (benchmarks/mhc_repro.py): H_res used raw, without the Sinkhorn
+    # projection -- the unconstrained hyper-connections (HC) that mHC fixes.
+    hc_unconstrained: bool = False
+    # Diagonal logit of H_res's bias at init: 0 -> comb = J/n (DeepSeek/transformers' zero
+    # init); larger -> closer to the identity (streams kept apart). Ablation knob.
+    hc_res_init: float = 0.0
 
     # ---- DeepSeekMoE (SPEC 1.4) ------------------------------------------------
     n_routed_experts: int = 0  # 0 -> dense SwiGLU FFN
@@ -76,7 +82,9 @@ class ModelConfig:
 
     # ---- MTP (SPEC 1.5) ----------------------------------------------------------
     n_mtp_layers: int = 0
-    mtp_loss_weight: float = 0.3
+    mtp_loss_weight: float = 0.3  # weight early in training (DeepSeek-V3: 0.3 ...)
+    mtp_loss_weight_late: float = 0.1  # ... then 0.1 for the rest
+    mtp_weight_switch: float = 0.68  # fraction of training where it drops (V3: 10T of 14.8T tokens)
 
     # ---- Engram (SPEC 1.2) ------------------------------------------------------
     engram_layer_ids: list[int] = field(default_factory=list)  # [] = off
@@ -136,6 +144,9 @@ class ModelConfig:
              f"rope_head_dim must be even and <= head_dim (got {self.rope_head_dim})")
         need(self.hc_mult >= 1, f"hc_mult must be >= 1 (got {self.hc_mult})")
         need(self.hc_sinkhorn_iters >= 1, "hc_sinkhorn_iters must be >= 1")
+        need(self.hc_eps > 0, "hc_eps must be > 0")
+        need(not (self.hc_unconstrained and self.hc_mult == 1), "hc_unconstrained needs hc_mult > 1")
+        need(0.0 <= self.mtp_weight_switch <= 1.0, "mtp_weight_switch must be in [0, 1]")
         need(self.window_size >= 0, "window_size must be >= 0")
         if self.compress_ratios:
             need(len(self.compress_ratios) == self.n_layers,
@@ -232,15 +243,70 @@ def _scalar(tp: type, value: typing.Any) -> typing.Any:
 # Named presets. Each is a dict of overrides on the ModelConfig defaults.
 # ---------------------------------------------------------------------------------------
 
+def _v4_published(**kw) -> dict:
+    """Hyperparameters shared by the released V4 configs (config.json of
+    deepseek-ai/DeepSeek-V4-Flash and -Pro; transformers' DeepseekV4Config)."""
+    return dict(
+        vocab_size=129280, max_seq_len=1048576, norm_eps=1e-6, head_dim=512, n_kv_heads=1,
+        shared_kv=True, rope_head_dim=64, rope_theta=10000.0, compress_rope_theta=160000.0,
+        rope_factor=16.0, original_seq_len=65536,
+        beta_fast=32, beta_slow=1, o_lora_rank=1024, attn_sink=True, window_size=128,
+        index_n_heads=64, index_head_dim=128, n_shared_experts=1, n_activated_experts=6,
+        n_hash_layers=3, score_func="sqrtsoftplus", swiglu_limit=10.0,
+        hc_mult=4, hc_sinkhorn_iters=20, hc_eps=1e-6, n_mtp_layers=1, **kw,
+    )
+
+
 PRESETS: dict[str, dict] = {
     # Plain pre-norm transformer: every V4 switch off. The reference for ablations.
     "baseline": dict(vocab_size=8192, dim=256, n_layers=6, n_heads=4, head_dim=64, max_seq_len=256),
-    # Seconds per step, for tests.
-    "tiny": dict(vocab_size=2048, dim=64, n_layers=2, n_heads=2, head_dim=32, max_seq_len=128),
-    # The strongest model that trains on a laptop CPU in the quickstart budget (~7M params).
-    "flagship": dict(vocab_size=8192, dim=256, n_layers=6, n_heads=4, head_dim=64, max_seq_len=256),
-    # The fast model: small and shallow, millisecond-level decode.
-    "lite": dict(vocab_size=8192, dim=128, n_layers=2, n_heads=2, head_dim=64, max_seq_len=256),
+    # Seconds per step, for tests: EVERY component on (window, CSA and HCA layers, indexer,
+    # MoE with a hash-routed layer and a shared expert, Engram at one layer, mHC, MTP).
+    "tiny": dict(
+        vocab_size=2048, dim=64, n_layers=3, n_heads=2, head_dim=32, n_kv_heads=1, shared_kv=True,
+        max_seq_len=128,
+        rope_head_dim=16, q_lora_rank=32, o_groups=2, o_lora_rank=32, attn_sink=True,
+        window_size=16, compress_ratios=[0, 4, 16], index_n_heads=2, index_head_dim=16, index_topk=4,
+        hc_mult=4, n_routed_experts=4, n_shared_experts=1, n_activated_experts=2, moe_inter_dim=64,
+        n_hash_layers=1, route_scale=1.5, swiglu_limit=10.0,
+        engram_layer_ids=[1], engram_vocab_size=257, engram_ngram_orders=[2, 3], engram_n_heads=2,
+        engram_dim=32, n_mtp_layers=1,
+    ),
+    # The fast model (distillation target, millisecond-level decode): small and shallow,
+    # V4 layout with cheap settings; MTP kept for self-speculative decoding.
+    "lite": dict(
+        vocab_size=8192, dim=128, n_layers=3, n_heads=4, head_dim=32, n_kv_heads=1, shared_kv=True,
+        max_seq_len=512,
+        rope_head_dim=16, q_lora_rank=64, o_groups=2, o_lora_rank=64, attn_sink=True,
+        window_size=64, compress_ratios=[0, 4, 32], index_n_heads=2, index_head_dim=16, index_topk=16,
+        hc_mult=2, n_routed_experts=4, n_shared_experts=1, n_activated_experts=1, moe_inter_dim=256,
+        n_hash_layers=1, route_scale=1.5, swiglu_limit=10.0, n_mtp_layers=1,
+    ),
+    # The strongest model that trains on a 2-core laptop CPU in the quickstart budget
+    # (~10-20 min): every component on, ~6M parameters active (~11M total).
+    "flagship": dict(
+        vocab_size=8192, dim=256, n_layers=6, n_heads=4, head_dim=64, n_kv_heads=1, shared_kv=True,
+        max_seq_len=256,
+        rope_head_dim=32, q_lora_rank=128, o_groups=2, o_lora_rank=128, attn_sink=True,
+        window_size=64, compress_ratios=[0, 4, 16, 4, 16, 4], index_n_heads=4, index_head_dim=32,
+        index_topk=16, hc_mult=4, n_routed_experts=8, n_shared_experts=1, n_activated_experts=2,
+        moe_inter_dim=256, n_hash_layers=1, route_scale=1.5, swiglu_limit=10.0,
+        engram_layer_ids=[1], engram_vocab_size=4099, engram_ngram_orders=[2, 3], engram_n_heads=4,
+        engram_dim=128, n_mtp_layers=1,
+    ),
+    # Published DeepSeek-V4-Flash: 284B total / 13B active. 43 layers: two window-only, then
+    # CSA (4) / HCA (128) alternating, CSA last; hash routing in the first 3 MoE layers.
+    "v4-flash": _v4_published(
+        dim=4096, n_layers=43, n_heads=64, q_lora_rank=1024, o_groups=8,
+        compress_ratios=[0, 0] + [4, 128] * 20 + [4], index_topk=512,
+        n_routed_experts=256, moe_inter_dim=2048, route_scale=1.5,
+    ),
+    # Published DeepSeek-V4-Pro: 1.6T total / 49B active. 61 layers: two HCA, then CSA/HCA.
+    "v4-pro": _v4_published(
+        dim=7168, n_layers=61, n_heads=128, q_lora_rank=1536, o_groups=16,
+        compress_ratios=[128, 128] + [4, 128] * 29 + [4], index_topk=1024,
+        n_routed_experts=384, moe_inter_dim=3072, route_scale=2.5,
+    ),
 }
 
 

@@ -18,9 +18,14 @@ from dsv4.errors import UserError
 # Modules that each define `register(subparsers)`. Add a line for a new concern.
 COMMAND_MODULES = [
     "dsv4.cli.model",
+    "dsv4.cli.serve",
+    "dsv4.cli.chat",
     "dsv4.cli.data",
     "dsv4.cli.eval",
     "dsv4.cli.tasks",
+    "dsv4.cli.train",
+    "dsv4.cli.generate",
+    "dsv4.cli.quickstart",
 ]
 
 

@@ -19,17 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _summary(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from dsv4.config import make_config, parse_set_args
-    from dsv4.model.transformer import Transformer
+    from dsv4.model.summary import format_table, summarize
 
     cfg = make_config(args.preset, **parse_set_args(args.set))
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    total = sum(p.numel() for p in model.parameters())
+    stats = summarize(cfg)
     if args.json:
-        print(json.dumps({"preset": args.preset, "total": total, "active": total}))
+        print(json.dumps({"preset": args.preset, **stats}, indent=2))
     else:
-        print(f"{args.preset}: {total / 1e6:.2f}M parameters")
+        print(format_table(args.preset, stats))
     return 0
