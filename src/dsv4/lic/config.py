@@ -13,9 +13,14 @@ A config file may set any of the top-level keys below and define or tweak provid
     price_cached_input = 0.0         # prompt tokens served from the provider's cache
     price_output = 0.0
     context_window = 32768
+    temperature = 0.2                # sent with every request (default: the server's)
+    [providers.local]
+    ckpt = "~/runs/flagship"         # start `dsv4 serve --ckpt` when no server answers
+    serve_timeout = 180              # seconds to wait for that server's /health
 
 The default provider is `deepseek` when DEEPSEEK_API_KEY is set, else `local` (our own
-`dsv4 serve` on 127.0.0.1:8000, which `lic` connects to).
+`dsv4 serve` on 127.0.0.1:8000, which `lic` connects to; with a `ckpt`, lic starts the
+server itself when none answers, see dsv4.lic.local).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ PROVIDER_KEYS = (
     "price_cached_input",
     "price_output",
     "context_window",
+    "temperature",
+    "ckpt",
+    "serve_timeout",
 )
 
 
@@ -69,6 +77,9 @@ class Settings:
     price_output: float = 0.0
     price_cached_input: float | None = None  # None: same as price_input
     context_window: int = 8_192
+    temperature: float | None = None  # None: the server's default
+    ckpt: str | None = None  # local provider: checkpoint to serve when no server answers
+    serve_timeout: float = 180.0  # seconds for a started `dsv4 serve` to become healthy
     permission_mode: str = "ask"
     allow_network: bool = False
     max_turns: int = 50

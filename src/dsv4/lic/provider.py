@@ -111,6 +111,7 @@ class ChatClient:
         max_retries: int = 5,
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        temperature: float | None = None,
     ):
         self.endpoint = endpoint
         self.stream = stream
@@ -118,6 +119,7 @@ class ChatClient:
         self.max_retries = max_retries
         self.backoff = backoff
         self.sleep = sleep
+        self.temperature = temperature  # None: leave it to the server
 
     def _request(self, path: str, body: dict | None = None):
         """Open a request; returns the response object (raises urllib errors)."""
@@ -209,6 +211,8 @@ class ChatClient:
         body: dict = {"model": self.resolve_model(), "messages": messages, "stream": self.stream}
         if tools:
             body["tools"] = tools
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         for attempt in range(self.max_retries + 1):
