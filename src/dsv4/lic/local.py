@@ -55,8 +55,18 @@ def root_url(base_url: str) -> str:
     return f"{u.scheme}://{u.netloc}"
 
 
-def server_answers(base_url: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    return _get_json(base_url.rstrip("/") + "/models", timeout) is not None
+def models(base_url: str, timeout: float = PROBE_TIMEOUT):
+    """The server's /models listing (or {"status": 401} if it wants a key); None if none answers."""
+    return _get_json(base_url.rstrip("/") + "/models", timeout)
+
+
+def model_limit(listing) -> int | None:
+    """`max_model_len` of the first model listed (dsv4 serve and vLLM report it)."""
+    try:
+        n = listing["data"][0]["max_model_len"]
+    except (TypeError, KeyError, IndexError):
+        return None
+    return n if isinstance(n, int) and n > 0 else None
 
 
 def free_port() -> int:
@@ -154,15 +164,23 @@ def ensure_local(settings, log=None) -> LocalServer | None:
                 f"--ckpt starts a local dsv4 serve; it does not apply to provider {settings.provider!r}"
             )
         return None
-    if server_answers(settings.base_url):
+    server = None
+    listing = models(settings.base_url)
+    if listing is not None:
         if settings.ckpt and log:
             log(f"using the server already running at {settings.base_url} (not starting one for --ckpt)")
-        return None
-    if not settings.ckpt:
+    elif not settings.ckpt:
         return None  # the client reports the unreachable endpoint with a hint
-    ckpt = Path(settings.ckpt).expanduser().resolve()
-    if not ckpt.is_dir():
-        raise UserError(f"checkpoint directory {settings.ckpt} does not exist")
-    server = LocalServer(ckpt, settings.serve_timeout, log)
-    settings.base_url = server.base_url
+    else:
+        ckpt = Path(settings.ckpt).expanduser().resolve()
+        if not ckpt.is_dir():
+            raise UserError(f"checkpoint directory {settings.ckpt} does not exist")
+        server = LocalServer(ckpt, settings.serve_timeout, log)
+        settings.base_url = server.base_url
+        listing = models(settings.base_url, 10.0)
+    # a small local model's context is what its server says, not the 8k default: compaction
+    # and the repository map's budget follow it
+    limit = model_limit(listing)
+    if limit and limit < settings.context_window:
+        settings.context_window = limit
     return server

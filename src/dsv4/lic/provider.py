@@ -89,8 +89,9 @@ class Reply:
         return msg
 
 
-def _new_call_id() -> str:
-    """For servers that send tool calls without ids: ids must be unique in the history."""
+def new_call_id() -> str:
+    """For servers that send tool calls without ids (or reuse them: `dsv4 serve` numbers the
+    calls of each reply from call_0): ids must be unique in the history."""
     import secrets
 
     return "call_" + secrets.token_hex(6)
@@ -263,7 +264,7 @@ class ChatClient:
         for c in msg.get("tool_calls") or []:
             fn = c.get("function") or {}
             reply.tool_calls.append(
-                ToolCall(c.get("id") or _new_call_id(), fn.get("name") or "", fn.get("arguments") or "")
+                ToolCall(c.get("id") or new_call_id(), fn.get("name") or "", fn.get("arguments") or "")
             )
         u = data.get("usage") or {}
         reply.usage = Usage.from_api(u)
@@ -308,7 +309,7 @@ class ChatClient:
                     reply.finish_reason = choice["finish_reason"]
         reply.content = "".join(parts)
         reply.tool_calls = [
-            ToolCall(c["id"] or _new_call_id(), c["name"], c["arguments"]) for _, c in sorted(calls.items())
+            ToolCall(c["id"] or new_call_id(), c["name"], c["arguments"]) for _, c in sorted(calls.items())
         ]
         return reply
 
