@@ -5,7 +5,8 @@ http://127.0.0.1:8000/v1) whether a server answers. If none does and a checkpoin
 (`--ckpt` or `ckpt` under `[providers.local]` in config.toml), lic starts
 `dsv4 serve --ckpt DIR --host 127.0.0.1 --port <free port>` as a child process, waits for
 its /health (bounded by `serve_timeout` seconds, with the server's log in the error if it
-fails), points the client at it, and stops it when lic exits.
+fails), points the client at it, and stops it when lic exits. Either way the context
+window is capped at the server's `max_model_len` (a small local model has a short one).
 
 Why a separate process: lic must stay light (no torch in lic itself, startup < 0.3 s), and
 the server's decode thread and uvicorn loop should not share lic's interpreter. The child

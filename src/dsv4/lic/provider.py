@@ -166,7 +166,8 @@ class ChatClient:
         hint = ""
         if self.endpoint.name == "local":
             hint = (
-                " Start the local server with `dsv4 serve`, or pick another provider (--provider/--base-url)."
+                " Start the local server with `dsv4 serve --ckpt DIR`, let lic start it (--ckpt DIR), "
+                "or pick another provider (--provider/--base-url)."
             )
         return ProviderError(f"cannot reach {self.endpoint.base_url} ({reason}).{hint}", "unreachable")
 
