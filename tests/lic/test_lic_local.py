@@ -79,3 +79,16 @@ def test_reused_tool_call_ids_are_made_unique(repo, lic_env):
     ids = [c["id"] for m in msgs for c in m.get("tool_calls") or []]
     assert len(ids) == 2 and len(set(ids)) == 2
     assert [m["tool_call_id"] for m in msgs if m["role"] == "tool"] == ids
+
+
+def test_temperature_and_max_tokens_are_sent_only_when_set(repo, lic_env):
+    with ScriptedServer([{"content": "a"}, {"content": "b"}]) as srv:
+        assert run_cli(["-p", "x", "--base-url", srv.base_url], repo).returncode == 0
+        write_config(lic_env, "temperature = 0.0\nmax_tokens = 7\n")
+        assert run_cli(["-p", "x", "--base-url", srv.base_url], repo).returncode == 0
+    first, second = srv.requests
+    assert "temperature" not in first and "max_tokens" not in first
+    assert second["temperature"] == 0.0 and second["max_tokens"] == 7
+    write_config(lic_env, 'max_tokens = "many"\n')
+    r = run_cli(["-p", "x", "--base-url", dead_url()], repo)
+    assert r.returncode == 2 and "max_tokens" in r.stderr

@@ -200,6 +200,30 @@ def test_connects_to_a_running_server_streamed_and_not(setup):
         srv.close()
 
 
+def test_random_v4_tiny_model_completes_a_turn(tmp_path):
+    """An untaught `tiny` model (every V4 component on) says nothing useful, but the turn must
+    go through: a streamed reply within max_tokens, real usage, exit 0 in json mode."""
+    from serve_fixtures import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt", max_seq_len=4096)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    cfg = tmp_path / "config" / "lic"
+    cfg.mkdir(parents=True)
+    # without max_tokens dsv4 serve generates up to the context: minutes for a random model
+    (cfg / "config.toml").write_text(
+        f'[providers.local]\nbase_url = "http://127.0.0.1:{free_port()}/v1"\nmax_tokens = 24\n'
+    )
+    t0 = time.time()
+    r = lic(ws, tmp_path, "--ckpt", str(ckpt), "--output-format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = last_json(r.stdout)
+    assert res["status"] == "ok" and res["turns"] == 1 and res["tool_calls"] == 0
+    assert isinstance(res["final"], str)
+    assert res["usage"]["prompt_tokens"] > 100 and 0 < res["usage"]["completion_tokens"] <= 24
+    print(f"random tiny model, one turn incl. server start: {time.time() - t0:.1f} s")
+
+
 def test_ckpt_that_is_not_a_checkpoint_fails_clearly(setup):
     ws, home, _ = setup
     bad = home / "not-a-ckpt"

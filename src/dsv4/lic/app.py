@@ -77,6 +77,7 @@ class App:
             Endpoint(s.provider, s.base_url, s.model, s.api_key, s.api_key_env),
             stream=s.stream,
             temperature=s.temperature,
+            max_tokens=s.max_tokens,
         )
 
     def set_mode(self, mode: str) -> None:

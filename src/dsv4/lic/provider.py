@@ -113,6 +113,7 @@ class ChatClient:
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
         temperature: float | None = None,
+        max_tokens: int | None = None,
     ):
         self.endpoint = endpoint
         self.stream = stream
@@ -121,6 +122,7 @@ class ChatClient:
         self.backoff = backoff
         self.sleep = sleep
         self.temperature = temperature  # None: leave it to the server
+        self.max_tokens = max_tokens
 
     def _request(self, path: str, body: dict | None = None):
         """Open a request; returns the response object (raises urllib errors)."""
@@ -215,6 +217,8 @@ class ChatClient:
             body["tools"] = tools
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         for attempt in range(self.max_retries + 1):
