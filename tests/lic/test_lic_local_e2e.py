@@ -224,11 +224,14 @@ def test_random_v4_tiny_model_completes_a_turn(tmp_path):
     print(f"random tiny model, one turn incl. server start: {time.time() - t0:.1f} s")
 
 
-def test_ckpt_that_is_not_a_checkpoint_fails_clearly(setup):
-    ws, home, _ = setup
-    bad = home / "not-a-ckpt"
-    bad.mkdir(exist_ok=True)
-    r = lic(ws, home, "--ckpt", str(bad), "--output-format", "json")
+def test_ckpt_that_is_not_a_checkpoint_fails_clearly(tmp_path):
+    cfg = tmp_path / "config" / "lic"
+    cfg.mkdir(parents=True)
+    (cfg / "config.toml").write_text(f'[providers.local]\nbase_url = "http://127.0.0.1:{free_port()}/v1"\n')
+    bad = tmp_path / "not-a-ckpt"
+    bad.mkdir()
+    r = lic(tmp_path, tmp_path, "--ckpt", str(bad), "--output-format", "json")
     assert r.returncode == 2
     assert "dsv4 serve --ckpt" in r.stderr and "exited with code" in r.stderr
+    assert "no checkpoint in" in r.stderr  # the server's own reason, from its log
     assert last_json(r.stdout)["status"] == "usage_error"
