@@ -6,7 +6,8 @@ GET /v1/models. Every request body is recorded, so tests can check what LIC sent
 (tool results, errors, resumed history). A step is a dict:
 
     {"content": "text"}                                  a plain answer
-    {"tool_calls": [("edit_file", {...} or "raw json")]}  tool calls (+ optional "content")
+    {"tool_calls": [("edit_file", {...} or "raw json")]}  tool calls (+ optional "content",
+                                                         optional "ids": the calls' ids)
     {"status": 429, "retry_after": "0"}                  an HTTP error instead of a reply
                                                          (retry_after None: no Retry-After header)
     {"delay": 5.0, ...}                                  wait before answering (Ctrl-C tests)
@@ -30,9 +31,10 @@ def call(name: str, args) -> tuple[str, str]:
 
 
 class ScriptedServer:
-    def __init__(self, steps: list[dict], model: str = "scripted-model"):
+    def __init__(self, steps: list[dict], model: str = "scripted-model", max_model_len: int | None = None):
         self.steps = list(steps)
         self.model = model
+        self.max_model_len = max_model_len  # listed in /models when set (as dsv4 serve does)
         self.requests: list[dict] = []
         self.request_times: list[float] = []
         self.lock = threading.Lock()
@@ -56,7 +58,10 @@ class ScriptedServer:
 
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
-                    self._json(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                    entry = {"id": server.model, "object": "model"}
+                    if server.max_model_len:
+                        entry["max_model_len"] = server.max_model_len
+                    self._json(200, {"object": "list", "data": [entry]})
                 else:
                     self._json(404, {"error": {"message": "not found"}})
 
@@ -102,7 +107,7 @@ class ScriptedServer:
         content = step.get("content")
         calls = [
             {
-                "id": f"call_{len(self.requests)}_{i}",
+                "id": step["ids"][i] if "ids" in step else f"call_{len(self.requests)}_{i}",
                 "type": "function",
                 "function": {"name": n, "arguments": a},
             }

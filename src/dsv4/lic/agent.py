@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from dsv4.lic.compaction import compact, estimate_tokens
 from dsv4.lic.config import Settings
 from dsv4.lic.errors import ProviderError, Refused, ToolError
-from dsv4.lic.provider import ChatClient, ToolCall, Usage
+from dsv4.lic.provider import ChatClient, Reply, ToolCall, Usage, new_call_id
 from dsv4.lic.session import Session
 from dsv4.lic.tools import TOOL_SPECS, Toolbox
 
@@ -136,6 +136,15 @@ class Agent:
             result = result[:MAX_TOOL_RESULT_CHARS] + f"\n[result truncated: {len(result)} chars in total]"
         return result, ok
 
+    def _unique_ids(self, reply: Reply) -> None:
+        """Give a call a fresh id if the history already has it: a result must name one call
+        (Session.repair and providers that check pairing rely on it)."""
+        seen = {c.get("id") for m in self.session.messages for c in m.get("tool_calls") or []}
+        for call in reply.tool_calls:
+            if call.id in seen:
+                call.id = new_call_id()
+            seen.add(call.id)
+
     # -- the loop -----------------------------------------------------------------------
     def run(self, prompt: str) -> RunResult:
         turn = self.session.last_turn() + 1
@@ -151,6 +160,7 @@ class Agent:
                 res.turns += 1
                 res.usage.add(reply.usage)
                 self.total.add(reply.usage)
+                self._unique_ids(reply)
                 self.session.add(reply.to_message())
                 self.session.record({"type": "usage", "turn": turn, **reply.usage.as_dict()})
                 self.events.step(reply.usage, res.usage, self.cost(res.usage))

@@ -6,12 +6,14 @@ commands operate on an `App`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dsv4.errors import UserError
 from dsv4.lic.agent import Agent, Events
 from dsv4.lic.config import Settings
 from dsv4.lic.context import system_prompt
+from dsv4.lic.local import ensure_local
 from dsv4.lic.permissions import Approver, Permissions
 from dsv4.lic.provider import ChatClient, Endpoint
 from dsv4.lic.session import Session
@@ -48,15 +50,21 @@ class App:
             allow_network=settings.allow_network,
             shell_timeout=settings.shell_timeout,
         )
-        self.client = self.make_client()
-        self.agent = Agent(
-            self.client,
-            self.toolbox,
-            session,
-            settings,
-            self.system_prompt(),
-            events,
-        )
+        # `local` with a checkpoint and no server answering: start `dsv4 serve` (stopped in close)
+        self.local_server = ensure_local(settings, log=_log)
+        try:
+            self.client = self.make_client()
+            self.agent = Agent(
+                self.client,
+                self.toolbox,
+                session,
+                settings,
+                self.system_prompt(),
+                events,
+            )
+        except BaseException:
+            self._stop_server()
+            raise
 
     def system_prompt(self) -> str:
         # the repository map gets at most 1/8 of the context window (small local models)
@@ -66,7 +74,10 @@ class App:
     def make_client(self) -> ChatClient:
         s = self.settings
         return ChatClient(
-            Endpoint(s.provider, s.base_url, s.model, s.api_key, s.api_key_env), stream=s.stream
+            Endpoint(s.provider, s.base_url, s.model, s.api_key, s.api_key_env),
+            stream=s.stream,
+            temperature=s.temperature,
+            max_tokens=s.max_tokens,
         )
 
     def set_mode(self, mode: str) -> None:
@@ -78,9 +89,22 @@ class App:
         self.settings.model = model
         self.client.endpoint.model = model
 
+    def _stop_server(self) -> None:
+        if self.local_server is not None:
+            self.local_server.stop()
+            self.local_server = None
+
     def close(self) -> None:
-        self.session.close()
-        self.client.close()
+        try:
+            self.session.close()
+            self.client.close()
+        finally:
+            self._stop_server()
+
+
+def _log(text: str) -> None:
+    """Launcher progress on stderr in every output format (stdout stays the result's)."""
+    print(f"lic: {text}", file=sys.stderr, flush=True)
 
 
 def open_session(cwd: Path, settings: Settings, resume: str | None, cont: bool) -> Session:

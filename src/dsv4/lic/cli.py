@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", help="named provider: deepseek, local, or one from config.toml")
     p.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model")
+    p.add_argument(
+        "--ckpt",
+        metavar="DIR",
+        help="local provider: start `dsv4 serve --ckpt DIR` if no server answers (implies --provider local)",
+    )
     p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
     p.add_argument(
         "--allow-network", action="store_true", default=None, help="let shell commands use the network"
@@ -59,8 +64,11 @@ def _settings(args):
     cwd = Path(args.cwd).expanduser().resolve()
     if not cwd.is_dir():
         raise UserError(f"workspace {args.cwd} is not a directory")
+    ckpt = str(Path(args.ckpt).expanduser().resolve()) if args.ckpt else None
+    provider = args.provider or ("local" if ckpt and not args.base_url else None)
     cli = {
-        "provider": args.provider,
+        "provider": provider,
+        "ckpt": ckpt,
         "base_url": args.base_url,
         "model": args.model,
         "api_key_env": args.api_key_env,

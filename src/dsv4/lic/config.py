@@ -13,9 +13,15 @@ A config file may set any of the top-level keys below and define or tweak provid
     price_cached_input = 0.0         # prompt tokens served from the provider's cache
     price_output = 0.0
     context_window = 32768
+    temperature = 0.2                # sent with every request (default: the server's)
+    max_tokens = 4096                # cap on each reply (default: the server's)
+    [providers.local]
+    ckpt = "~/runs/flagship"         # start `dsv4 serve --ckpt` when no server answers
+    serve_timeout = 180              # seconds to wait for that server's /health
 
 The default provider is `deepseek` when DEEPSEEK_API_KEY is set, else `local` (our own
-`dsv4 serve` on 127.0.0.1:8000, which `lic` connects to).
+`dsv4 serve` on 127.0.0.1:8000, which `lic` connects to; with a `ckpt`, lic starts the
+server itself when none answers, see dsv4.lic.local).
 """
 
 from __future__ import annotations
@@ -56,6 +62,10 @@ PROVIDER_KEYS = (
     "price_cached_input",
     "price_output",
     "context_window",
+    "temperature",
+    "max_tokens",
+    "ckpt",
+    "serve_timeout",
 )
 
 
@@ -69,6 +79,10 @@ class Settings:
     price_output: float = 0.0
     price_cached_input: float | None = None  # None: same as price_input
     context_window: int = 8_192
+    temperature: float | None = None  # None: the server's default
+    max_tokens: int | None = None  # per reply; None: the server's default (dsv4 serve: the context)
+    ckpt: str | None = None  # local provider: checkpoint to serve when no server answers
+    serve_timeout: float = 180.0  # seconds for a started `dsv4 serve` to become healthy
     permission_mode: str = "ask"
     allow_network: bool = False
     max_turns: int = 50
@@ -107,9 +121,10 @@ def _type_ok(value, declared: str) -> bool:
     """Check `value` against a field's declared type (a string: `from __future__ import annotations`)."""
     if value is None:
         return "None" in declared
+    declared = declared.replace(" | None", "")
     if isinstance(value, bool):
         return declared == "bool"
-    if declared.startswith("float"):
+    if declared == "float":
         return isinstance(value, (int, float))
     if declared == "int":
         return isinstance(value, int)

@@ -89,8 +89,9 @@ class Reply:
         return msg
 
 
-def _new_call_id() -> str:
-    """For servers that send tool calls without ids: ids must be unique in the history."""
+def new_call_id() -> str:
+    """For servers that send tool calls without ids (or reuse them: `dsv4 serve` numbers the
+    calls of each reply from call_0): ids must be unique in the history."""
     import secrets
 
     return "call_" + secrets.token_hex(6)
@@ -111,6 +112,8 @@ class ChatClient:
         max_retries: int = 5,
         backoff: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
     ):
         self.endpoint = endpoint
         self.stream = stream
@@ -118,6 +121,8 @@ class ChatClient:
         self.max_retries = max_retries
         self.backoff = backoff
         self.sleep = sleep
+        self.temperature = temperature  # None: leave it to the server
+        self.max_tokens = max_tokens
 
     def _request(self, path: str, body: dict | None = None):
         """Open a request; returns the response object (raises urllib errors)."""
@@ -163,7 +168,8 @@ class ChatClient:
         hint = ""
         if self.endpoint.name == "local":
             hint = (
-                " Start the local server with `dsv4 serve`, or pick another provider (--provider/--base-url)."
+                " Start the local server with `dsv4 serve --ckpt DIR`, let lic start it (--ckpt DIR), "
+                "or pick another provider (--provider/--base-url)."
             )
         return ProviderError(f"cannot reach {self.endpoint.base_url} ({reason}).{hint}", "unreachable")
 
@@ -209,6 +215,10 @@ class ChatClient:
         body: dict = {"model": self.resolve_model(), "messages": messages, "stream": self.stream}
         if tools:
             body["tools"] = tools
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         for attempt in range(self.max_retries + 1):
@@ -259,7 +269,7 @@ class ChatClient:
         for c in msg.get("tool_calls") or []:
             fn = c.get("function") or {}
             reply.tool_calls.append(
-                ToolCall(c.get("id") or _new_call_id(), fn.get("name") or "", fn.get("arguments") or "")
+                ToolCall(c.get("id") or new_call_id(), fn.get("name") or "", fn.get("arguments") or "")
             )
         u = data.get("usage") or {}
         reply.usage = Usage.from_api(u)
@@ -304,7 +314,7 @@ class ChatClient:
                     reply.finish_reason = choice["finish_reason"]
         reply.content = "".join(parts)
         reply.tool_calls = [
-            ToolCall(c["id"] or _new_call_id(), c["name"], c["arguments"]) for _, c in sorted(calls.items())
+            ToolCall(c["id"] or new_call_id(), c["name"], c["arguments"]) for _, c in sorted(calls.items())
         ]
         return reply
 
