@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import argparse
 
+from dsv4.cli._common import add_sampling_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="interactive chat with a checkpoint (streams replies)")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint or training run directory")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (256)")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (0.7)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
+    add_sampling_args(p, temperature=0.7)
     p.set_defaults(func=_chat)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from dsv4.cli._common import command_group
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="corpus, tokenizer and token shards")
-    p.set_defaults(_parser=p)
-    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub = command_group(sub, "data", "corpus, tokenizer and token shards", "ACTION")
     b = dsub.add_parser(
         "build",
         help="build tokenizer + train/val token shards (default corpus: the Python stdlib)",

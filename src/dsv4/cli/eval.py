@@ -8,13 +8,12 @@ import argparse
 import os
 import re
 
+from dsv4.cli._common import command_group
 from dsv4.errors import UserError
 
 
 def register(sub) -> None:
-    p_eval = sub.add_parser("eval", help="evaluate models (HumanEval)")
-    p_eval.set_defaults(_parser=p_eval)
-    esub = p_eval.add_subparsers(dest="eval_command", metavar="BENCHMARK")
+    esub = command_group(sub, "eval", "evaluate models (HumanEval)", "BENCHMARK")
     p = esub.add_parser(
         "humaneval", help="HumanEval pass@k (sandboxed unit tests)",
         description="Score HumanEval completions in the sandbox. One source: --ckpt DIR (our model), "

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from dsv4.cli._common import add_sampling_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample a completion from a checkpoint (streams to stdout)")
     p.add_argument("--ckpt", required=True, help="checkpoint or run directory (e.g. runs/pretrain)")
     p.add_argument("--prompt", required=True, help="text to complete")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--seed", type=int, default=None, help="fix the sampling randomness")
+    add_sampling_args(p, temperature=0.8)
     p.add_argument("--no-echo", action="store_true", help="print only the completion, not the prompt")
     p.set_defaults(func=_generate)
 

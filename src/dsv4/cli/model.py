@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from dsv4.cli._common import command_group
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="inspect model configurations")
-    p.set_defaults(_parser=p)
-    msub = p.add_subparsers(dest="model_command", metavar="ACTION")
+    msub = command_group(sub, "model", "inspect model configurations", "ACTION")
     s = msub.add_parser("summary", help="parameter counts of a preset, built on the meta device")
     s.add_argument("--preset", default="flagship", help="preset name (default: flagship)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")

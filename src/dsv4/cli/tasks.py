@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from dsv4.cli._common import command_group
+
 
 def register(sub) -> None:
-    p = sub.add_parser("tasks", help="verifiable Python tasks for SFT/RL (generated and mined)")
-    p.set_defaults(_parser=p)
-    ts = p.add_subparsers(dest="tasks_command", metavar="SUBCOMMAND")
+    ts = command_group(sub, "tasks", "verifiable Python tasks for SFT/RL (generated and mined)", "SUBCOMMAND")
 
     s = ts.add_parser("sample", help="show generated tasks")
     s.add_argument("--split", choices=["train", "heldout"], default="train")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from dsv4.cli._common import command_group
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="training stages: pretrain (sft, rl, distill later)")
-    p.set_defaults(_parser=p)
-    tsub = p.add_subparsers(dest="train_command", metavar="STAGE")
+    tsub = command_group(sub, "train", "training stages: pretrain (sft, rl, distill later)", "STAGE")
     s = tsub.add_parser(
         "pretrain",
         help="pretrain on the token shards of a data dir",
