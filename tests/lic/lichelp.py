@@ -25,6 +25,12 @@ def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, **kw) -> 
     )
 
 
+def headless_args(prompt: str, base_url: str, *extra: str, mode: str = "auto-edit") -> list[str]:
+    """`lic -p PROMPT` against a scripted server (model "m"), JSON result, one permission mode."""
+    return ["-p", prompt, "--base-url", base_url, "--model", "m", "--output-format", "json",
+            "--permission-mode", mode, *extra]
+
+
 def last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 

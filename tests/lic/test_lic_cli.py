@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from lichelp import SRC, last_json, run_cli, tool_messages
+from lichelp import SRC, headless_args, last_json, run_cli, tool_messages
 from scripted_server import ScriptedServer, call
 
 from dsv4.lic.cli import main
@@ -17,23 +17,8 @@ from dsv4.lic.shell import sandbox_confines
 
 
 def lic(capsys, server, repo, *extra):
-    rc = main(
-        [
-            "-p",
-            extra[0] if extra else "do it",
-            "-C",
-            str(repo),
-            "--base-url",
-            server.base_url,
-            "--model",
-            "m",
-            "--output-format",
-            "json",
-            "--permission-mode",
-            "full-auto",
-            *extra[1:],
-        ]
-    )
+    prompt = extra[0] if extra else "do it"
+    rc = main(headless_args(prompt, server.base_url, "-C", str(repo), *extra[1:], mode="full-auto"))
     out = capsys.readouterr()
     return rc, last_json(out.out), out.err
 
@@ -55,18 +40,7 @@ def test_headless_fix_in_git_repo_subprocess(repo):
     with ScriptedServer(steps) as srv:
         t0 = time.time()
         p = run_cli(
-            [
-                "-p",
-                "fix add",
-                "--base-url",
-                srv.base_url,
-                "--model",
-                "m",
-                "--output-format",
-                "json",
-                "--permission-mode",
-                "auto-edit",
-            ],
+            headless_args("fix add", srv.base_url),
             cwd=repo,
         )
         first_request = srv.request_times[0] - t0
@@ -344,21 +318,7 @@ def test_ctrl_c_leaves_session_resumable(repo, lic_env):
     env = {**os.environ, "PYTHONPATH": SRC}
     with ScriptedServer(steps) as srv:
         p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dsv4.lic",
-                "-p",
-                "go",
-                "--base-url",
-                srv.base_url,
-                "--model",
-                "m",
-                "--output-format",
-                "json",
-                "--permission-mode",
-                "auto-edit",
-            ],
+            [sys.executable, "-m", "dsv4.lic", *headless_args("go", srv.base_url)],
             cwd=repo,
             env=env,
             stdout=subprocess.PIPE,

@@ -6,7 +6,7 @@ import io
 from types import SimpleNamespace
 
 import pytest
-from lichelp import last_json, run_cli
+from lichelp import headless_args, last_json, run_cli
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
@@ -74,18 +74,7 @@ def test_undo_works_after_resume_in_a_new_process(repo):
     original = (repo / "pkg/calc.py").read_text()
     with ScriptedServer(FIX) as srv:
         p = run_cli(
-            [
-                "-p",
-                "fix",
-                "--base-url",
-                srv.base_url,
-                "--model",
-                "m",
-                "--output-format",
-                "json",
-                "--permission-mode",
-                "auto-edit",
-            ],
+            headless_args("fix", srv.base_url),
             cwd=repo,
         )
     sid = last_json(p.stdout)["session_id"]
