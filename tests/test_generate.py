@@ -9,14 +9,13 @@ from dsv4.cli import main
 from dsv4.infer.sample import SamplingParams, filter_logits, generate_ids, generate_text, next_token
 from dsv4.model import load_model
 from dsv4.train.pretrain import pretrain
-from helpers_train import build_small_data, tiny_config
+from helpers_train import tiny_config
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    data = build_small_data(tmp_path_factory.mktemp("data"))
+def run_dir(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("run")
-    pretrain(tiny_config(out, data, max_steps=6, save_every=0, eval_every=0))
+    pretrain(tiny_config(out, data_dir, max_steps=6, save_every=0, eval_every=0))
     return out
 
 

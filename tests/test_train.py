@@ -11,12 +11,7 @@ from safetensors.torch import load_file
 from dsv4.model import load_model
 from dsv4.train.metrics import read_metrics
 from dsv4.train.pretrain import pretrain
-from helpers_train import build_small_data, tiny_config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return build_small_data(tmp_path_factory.mktemp("data"))
+from helpers_train import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ import torch
 import dsv4.train.checkpoint as ck
 from dsv4.model import load_model
 from dsv4.train.pretrain import pretrain
-from helpers_train import build_small_data, subprocess_env, tiny_config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return build_small_data(tmp_path_factory.mktemp("data"))
+from helpers_train import subprocess_env, tiny_config
 
 
 class Boom(Exception):

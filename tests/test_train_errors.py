@@ -12,11 +12,6 @@ from helpers_train import build_small_data, tiny_config
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return build_small_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("run")
     pretrain(tiny_config(out, data_dir, max_steps=2, save_every=0, eval_every=0, seq_len=32))
