@@ -1,10 +1,17 @@
-"""Tiny V4 configs and randomisers shared by the interop tests (transformers is a dev dependency)."""
+"""Tiny V4 configs, randomisers and checkpoint writers shared by the interop tests
+(transformers is a dev dependency)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
+from dsv4.interop.deepseek import deepseek_config, write_native
+from dsv4.interop.st_io import TensorSource
 from dsv4.model.transformer import build_model
+from dsv4.train.checkpoint import write_model_files
 
 # every layer type (sliding, CSA, HCA), a hash-routed and routed MoE layers, hc_mult 4, YaRN
 HF_TINY = dict(
@@ -116,3 +123,18 @@ def hf_model(seed: int = 0):
 def our_model(seed: int = 0, matrices: bool = True, **overrides):
     torch.manual_seed(seed)
     return randomize(build_model("tiny", **{**OURS_TINY, **overrides}), seed, matrices).eval()
+
+
+def save_ours(model, path: Path, extra_files: dict | None = None) -> Path:
+    """`model` as our checkpoint directory (config.json + weights, plus extra_files)."""
+    path.mkdir(parents=True, exist_ok=True)
+    write_model_files(path, model.config.to_json(), model.state_dict(), extra_files)
+    return path
+
+
+def write_released(ours: Path, cfg, out: Path, **kw) -> list[str]:
+    """Our checkpoint `ours` in DeepSeek's released layout (FP8 / FP4, DeepSeek's names and
+    inference config.json) in `out`; kw go to write_native. Returns the shard files."""
+    files = write_native(TensorSource(ours), cfg, out, quantize=True, **kw)
+    (out / "config.json").write_text(json.dumps(deepseek_config(cfg)))
+    return files

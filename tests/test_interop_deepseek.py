@@ -20,19 +20,16 @@ from dsv4.errors import UserError
 from dsv4.interop import st_io
 from dsv4.interop.deepseek import (
     FP4_VALUES,
-    deepseek_config,
     dequantize_fp4,
     dequantize_fp8,
     quantize_fp4,
     quantize_fp8,
-    write_native,
 )
 from dsv4.interop.formats import detect_layout, load_checkpoint
 from dsv4.interop.hf import config_to_hf
 from dsv4.interop.st_io import TensorSource
 from dsv4.model.load import load_model
-from dsv4.train.checkpoint import write_model_files
-from interop_helpers import our_model
+from interop_helpers import our_model, save_ours, write_released
 
 
 def test_fp8_block_quantisation():
@@ -75,12 +72,8 @@ def released(tmp_path_factory):
     with torch.no_grad():  # the release stores these in bf16: make the source exactly representable
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).float())
-    ours = root / "ours"
-    ours.mkdir()
-    write_model_files(ours, model.config.to_json(), model.state_dict())
-    ds = root / "ds"
-    files = write_native(TensorSource(ours), model.config, ds, quantize=True, max_shard_bytes=60_000)
-    (ds / "config.json").write_text(json.dumps(deepseek_config(model.config)))
+    ours, ds = save_ours(model, root / "ours"), root / "ds"
+    files = write_released(ours, model.config, ds, max_shard_bytes=60_000)
     assert len(files) > 2
     return model, ds, ours
 

@@ -11,10 +11,7 @@ from dsv4.cli import main
 from dsv4.infer.engine import Engine
 from dsv4.infer.load import load_engine
 from dsv4.infer.sampling import SamplingParams
-from dsv4.interop.deepseek import deepseek_config, write_native
-from dsv4.interop.st_io import TensorSource
-from dsv4.train.checkpoint import write_model_files
-from interop_helpers import our_model
+from interop_helpers import our_model, save_ours, write_released
 
 
 def test_engine_runs_converted_checkpoints(tmp_path):
@@ -22,9 +19,7 @@ def test_engine_runs_converted_checkpoints(tmp_path):
 
     tok = Tokenizer.train([inspect.getsource(json), inspect.getsource(inspect)], vocab_size=512)
     model = our_model(seed=11, matrices=False, vocab_size=tok.vocab_size)
-    ck = tmp_path / "ours"
-    ck.mkdir()
-    write_model_files(ck, model.config.to_json(), model.state_dict(), {"tokenizer.json": tok.to_str()})
+    ck = save_ours(model, tmp_path / "ours", {"tokenizer.json": tok.to_str()})
     assert main(["convert", "--to-hf", str(ck), "--out", str(tmp_path / "hf")]) == 0
     assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
@@ -36,8 +31,7 @@ def test_engine_runs_converted_checkpoints(tmp_path):
         assert eng.generate([prompt], params)[0].token_ids == want, d
     # DeepSeek's released layout (FP8 / FP4): runs, and stays close to the source model
     ds = tmp_path / "ds"
-    write_native(TensorSource(ck), model.config, ds, quantize=True)
-    (ds / "config.json").write_text(json.dumps(deepseek_config(model.config)))
+    write_released(ck, model.config, ds)
     (ds / "tokenizer.json").write_text(tok.to_str())
     got = load_engine(ds, max_batch=1, autocast=False).generate([prompt], params)[0].token_ids
     assert len(got) == 24 and got[:4] == want[:4]

@@ -29,8 +29,7 @@ from dsv4.cli import main
 from dsv4.errors import UserError
 from dsv4.interop.hf import config_from_hf, config_to_hf
 from dsv4.model.load import load_model
-from dsv4.train.checkpoint import write_model_files
-from interop_helpers import OURS_TINY, hf_model, our_model
+from interop_helpers import OURS_TINY, hf_model, our_model, save_ours
 
 T = 150
 
@@ -44,12 +43,6 @@ def hf_dir(tmp_path_factory):
     with torch.no_grad():
         ref = model(ids).logits
     return d, ids, ref
-
-
-def _save_ours(model, path):
-    path.mkdir(parents=True, exist_ok=True)
-    write_model_files(path, model.config.to_json(), model.state_dict())
-    return path
 
 
 def _fails(args, capsys, pattern):
@@ -86,7 +79,7 @@ def test_to_hf_logits_and_bit_exact_roundtrip(tmp_path):
     from transformers import DeepseekV4ForCausalLM
 
     ours = our_model(seed=3)
-    ck = _save_ours(ours, tmp_path / "ours")
+    ck = save_ours(ours, tmp_path / "ours")
     out = tmp_path / "hf"
     assert main(["convert", "--to-hf", str(ck), "--out", str(out), "--max-shard-size", "100KB"]) == 0
     assert (out / "model.safetensors.index.json").exists()  # sharded
@@ -121,7 +114,7 @@ def test_engram_and_mtp_need_drop(tmp_path, capsys):
     full = our_model(
         seed=5, engram_layer_ids=[1], engram_vocab_size=257, engram_dim=32, engram_n_heads=2, n_mtp_layers=1
     )
-    ck = _save_ours(full, tmp_path / "full")
+    ck = save_ours(full, tmp_path / "full")
     _fails(
         ["convert", "--to-hf", str(ck), "--out", str(tmp_path / "x")],
         capsys,
@@ -187,7 +180,7 @@ def test_bad_inputs_are_user_errors(hf_dir, tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     _fails(["convert", "--from-hf", str(d), "--out", str(tmp_path / "full")], capsys, "not empty")
-    ck = _save_ours(our_model(), tmp_path / "ck")
+    ck = save_ours(our_model(), tmp_path / "ck")
     _fails(
         ["convert", "--to-hf", str(ck), "--out", str(tmp_path / "o2"), "--drop", "attention"],
         capsys,
