@@ -25,10 +25,14 @@ def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, **kw) -> 
     )
 
 
-def headless_args(prompt: str, base_url: str, *extra: str, mode: str = "auto-edit") -> list[str]:
-    """`lic -p PROMPT` against a scripted server (model "m"), JSON result, one permission mode."""
-    return ["-p", prompt, "--base-url", base_url, "--model", "m", "--output-format", "json",
-            "--permission-mode", mode, *extra]
+def headless_args(
+    prompt: str, base_url: str, *extra: str, output: str | None = "json", mode: str | None = "auto-edit"
+) -> list[str]:
+    """`lic -p PROMPT` against a scripted server (model "m"); output / mode None: lic's default."""
+    args = ["-p", prompt, "--base-url", base_url, "--model", "m"]
+    args += ["--output-format", output] if output else []
+    args += ["--permission-mode", mode] if mode else []
+    return [*args, *extra]
 
 
 def last_json(stdout: str) -> dict:

@@ -67,21 +67,7 @@ def test_text_output_without_streaming(repo, capsys):
         {"content": "Wrote the notes."},
     ]
     with ScriptedServer(steps) as srv:
-        rc = main(
-            [
-                "-p",
-                "write notes",
-                "-C",
-                str(repo),
-                "--base-url",
-                srv.base_url,
-                "--model",
-                "m",
-                "--no-stream",
-                "--permission-mode",
-                "auto-edit",
-            ]
-        )
+        rc = main(headless_args("write notes", srv.base_url, "-C", str(repo), "--no-stream", output=None))
     out = capsys.readouterr()
     assert rc == 0
     assert out.out.strip() == "Wrote the notes."
@@ -93,20 +79,7 @@ def test_text_output_without_streaming(repo, capsys):
 def test_stream_json_events(repo, capsys):
     steps = [{"tool_calls": [call("glob", {"pattern": "**/*.py"})]}, {"content": "Two files."}]
     with ScriptedServer(steps) as srv:
-        rc = main(
-            [
-                "-p",
-                "list",
-                "-C",
-                str(repo),
-                "--base-url",
-                srv.base_url,
-                "--model",
-                "m",
-                "--output-format",
-                "stream-json",
-            ]
-        )
+        rc = main(headless_args("list", srv.base_url, "-C", str(repo), output="stream-json", mode=None))
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0
     types = [e["type"] for e in lines]

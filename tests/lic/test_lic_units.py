@@ -179,18 +179,15 @@ def test_config_layers_and_provider_choice(tmp_path, monkeypatch, lic_env):
         7,
     )
     assert load_settings(ws, {"model": "cli"}).model == "cli"
-    (ws / ".lic" / "config.toml").write_text("nonsense = 1\n")
-    with pytest.raises(UserError, match="unknown setting"):
-        load_settings(ws, {})
-    (ws / ".lic" / "config.toml").write_text("[providers.vllm]\nbaseurl = 'x'\n")
-    with pytest.raises(UserError, match="unknown key"):
-        load_settings(ws, {})
-    (ws / ".lic" / "config.toml").write_text("max_turns = 'many'\n")
-    with pytest.raises(UserError, match="max_turns = 'many' should be of type int"):
-        load_settings(ws, {})
-    (ws / ".lic" / "config.toml").write_text("[[broken\n")
-    with pytest.raises(UserError, match="cannot read config"):
-        load_settings(ws, {})
+    for bad, why in [
+        ("nonsense = 1\n", "unknown setting"),
+        ("[providers.vllm]\nbaseurl = 'x'\n", "unknown key"),
+        ("max_turns = 'many'\n", "max_turns = 'many' should be of type int"),
+        ("[[broken\n", "cannot read config"),
+    ]:
+        (ws / ".lic" / "config.toml").write_text(bad)
+        with pytest.raises(UserError, match=why):
+            load_settings(ws, {})
 
 
 def test_session_survives_torn_line_and_unanswered_calls(lic_env, tmp_path):
