@@ -11,7 +11,7 @@ import pytest
 from dsv4.model import load_model
 from dsv4.train.metrics import read_metrics
 from dsv4.train.pretrain import pretrain
-from helpers_train import build_small_data, subprocess_env, tiny_config
+from helpers_train import subprocess_env, tiny_config
 
 STEPS = 6
 
@@ -32,16 +32,18 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_rank_fsdp_matches_single_process_and_resumes(tmp_path):
-    data = build_small_data(tmp_path / "data")
+def test_two_rank_fsdp_matches_single_process_and_resumes(tmp_path, data_dir):
     single = tmp_path / "single"
-    pretrain(tiny_config(single, data, max_steps=STEPS, eval_every=0, save_every=0))
+    pretrain(tiny_config(single, data_dir, max_steps=STEPS, eval_every=0, save_every=0))
 
     dist = tmp_path / "dist"
     script = tmp_path / "entry.py"
     script.write_text(
         ENTRY.format(
-            tests=str(__import__("pathlib").Path(__file__).parent), steps=STEPS, out=str(dist), data=str(data)
+            tests=str(__import__("pathlib").Path(__file__).parent),
+            steps=STEPS,
+            out=str(dist),
+            data=str(data_dir),
         )
     )
     cmd = [
