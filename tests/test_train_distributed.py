@@ -34,11 +34,7 @@ dist.destroy_process_group()
 @pytest.mark.slow
 def test_two_rank_fsdp_matches_single_process_and_resumes(tmp_path, data_dir):
     single = tmp_path / "single"
-<<<<<<< HEAD
-    pretrain(tiny_config(single, data_dir, max_steps=STEPS, eval_every=0, save_every=0))
-=======
-    pretrain(tiny_config(single, data, max_steps=STEPS, eval_every=0, save_every=0, seq_len=32))
->>>>>>> train
+    pretrain(tiny_config(single, data_dir, max_steps=STEPS, eval_every=0, save_every=0, seq_len=32))
 
     dist = tmp_path / "dist"
     script = tmp_path / "entry.py"
