@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "dsv4.cli.train",
     "dsv4.cli.generate",
     "dsv4.cli.quickstart",
+    "dsv4.cli.eval",
+    "dsv4.cli.tasks",
 ]
 
 

@@ -1,0 +1,85 @@
+"""Sampling generated tasks, deterministically, from a train or a held-out split.
+
+The split is a property of the instance, not of the sampling seed: an instance (family,
+params) is held out iff the hash of its key falls in the held-out fraction. Any seed of
+`generate_tasks(split="train")` therefore only ever yields train instances and never one
+that a held-out sample can contain, and the held-out set is a disjoint set of parameter
+draws of the same families (the model must generalise across parameters, not recall).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from dsv4.errors import UserError
+from dsv4.tasks import families_compose, families_dicts, families_lists, families_numbers, families_strings  # noqa: F401
+from dsv4.tasks.registry import FAMILIES
+from dsv4.tasks.task import Task, build_task, instance_key, key_hash
+
+SPLITS = ("train", "heldout")
+HELDOUT_PER_MILLE = 200  # 20% of each family's instance space is held out
+
+
+def split_of(family: str, params: dict) -> str:
+    h = key_hash("split:" + instance_key(family, params))
+    return "heldout" if h % 1000 < HELDOUT_PER_MILLE else "train"
+
+
+def iter_tasks(
+    split: str = "train",
+    seed: int = 0,
+    families: list[str] | None = None,
+    difficulty: tuple[int, int] | None = None,
+    unique: bool = True,
+    max_tries: int = 200,
+) -> Iterator[Task]:
+    """An endless stream of tasks of one split; stops early when the space looks exhausted.
+
+    Families are drawn uniformly (each draw then draws its own parameters), so small
+    families do not vanish behind the large composed ones. With `unique`, no instance
+    repeats; a family drops out once `max_tries` draws in a row found nothing new in it,
+    and the stream ends when every family has.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r} (use train or heldout)")
+    names = sorted(FAMILIES) if families is None else list(families)
+    for n in names:
+        if n not in FAMILIES:
+            raise UserError(f"unknown task family {n!r}; known: {', '.join(sorted(FAMILIES))}")
+    if not names:
+        raise UserError("no task families selected")
+    rng = random.Random(f"dsv4-tasks:{split}:{seed}")
+    seen: set[str] = set()
+    live = list(names)  # families not yet exhausted for this split/filter
+    while live:
+        fam = FAMILIES[rng.choice(live)]
+        for _ in range(max_tries):
+            spec = fam.draw(rng)
+            key = instance_key(fam.name, spec.params)
+            if unique and key in seen:
+                continue
+            if split_of(fam.name, spec.params) != split:
+                continue
+            if difficulty is not None and not difficulty[0] <= spec.difficulty <= difficulty[1]:
+                continue
+            break
+        else:  # nothing new in max_tries draws: treat the family as exhausted
+            live.remove(fam.name)
+            continue
+        seen.add(key)
+        yield build_task(fam.name, spec, split)
+
+
+def generate_tasks(split: str = "train", n: int = 100, seed: int = 0, **kw) -> list[Task]:
+    """The first `n` tasks of `iter_tasks(split, seed, ...)` (fewer if the space runs out)."""
+    if n < 0:
+        raise UserError(f"n must be >= 0, got {n}")
+    out: list[Task] = []
+    if n == 0:
+        return out
+    for task in iter_tasks(split, seed, **kw):
+        out.append(task)
+        if len(out) >= n:
+            break
+    return out
