@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "dsv4.cli.quickstart",
     "dsv4.cli.eval",
     "dsv4.cli.tasks",
+    "dsv4.cli.posttrain",
 ]
 
 

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="training stages: pretrain (sft, rl, distill later)")
+    p = sub.add_parser("train", help="training stages: pretrain, sft, rl, distill")
     p.set_defaults(_parser=p)
     tsub = p.add_subparsers(dest="train_command", metavar="STAGE")
     s = tsub.add_parser(
@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_pretrain)
+    from dsv4.cli.posttrain import register_stages
+
+    register_stages(tsub)  # sft, rl, distill
 
 
 def train_config_from_args(args: argparse.Namespace):

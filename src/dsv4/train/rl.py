@@ -176,7 +176,7 @@ def update_step(model, optimizers: list, cfg: RLConfig, prompts: list, comps: li
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     model.after_optimizer_step()
-    return {"loss": float(loss), "entropy": float((ent * mask).sum() / mask.sum().clamp(min=1)),
+    return {"loss": loss.item(), "entropy": float((ent * mask).sum() / mask.sum().clamp(min=1)),
             "grad_norm": float(gnorm) if gnorm is not None else 0.0,
             **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
 
