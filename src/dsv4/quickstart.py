@@ -124,7 +124,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         plan = {"budget_min": cfg.budget_min, "stage_min": {k: v * left for k, v in BUDGET_SHARES.items()}}
     elif cfg.budget_min > plan["budget_min"]:  # a larger budget extends every stage proportionally
         scale = cfg.budget_min / plan["budget_min"]
-        plan = {"budget_min": cfg.budget_min, "stage_min": {k: v * scale for k, v in plan["stage_min"].items()}}
+        stage_min = {k: v * scale for k, v in plan["stage_min"].items()}
+        plan = {"budget_min": cfg.budget_min, "stage_min": stage_min}
     out.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps(plan, indent=2))
     mins = plan["stage_min"]
@@ -242,8 +243,9 @@ def _evaluate(cfg: QuickstartConfig, out: Path, console) -> dict:
 
     ev: dict = {"heldout": {}}
     for stage in ("sft", "rl"):
-        ev["heldout"][stage] = heldout_pass_at_1(out / stage, n=cfg.heldout_n, max_new_tokens=cfg.eval_new_tokens,
-                                                 difficulty=tuple(cfg.difficulty), out=str(out / "eval" / stage))
+        ev["heldout"][stage] = heldout_pass_at_1(
+            out / stage, n=cfg.heldout_n, max_new_tokens=cfg.eval_new_tokens,
+            difficulty=tuple(cfg.difficulty), out=str(out / "eval" / stage))
         console.log(f"held-out pass@1 {stage}: {100 * ev['heldout'][stage]['pass@1']:.1f}% "
                     f"({ev['heldout'][stage]['n']} tasks)")
     if cfg.humaneval_limit:
