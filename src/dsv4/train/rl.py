@@ -191,7 +191,6 @@ def rl(cfg: RLConfig) -> dict:
     """Run (or resume) GRPO / on-policy distillation; returns a summary dict."""
     from dsv4.data import specials as S
     from dsv4.infer.load import load_tokenizer
-    from dsv4.model.load import resolve_checkpoint
     from dsv4.sandbox import SandboxPool
     from dsv4.tasks.reward import RewardConfig, score_batch
     from dsv4.train.metrics import MetricsLog
@@ -216,8 +215,9 @@ def rl(cfg: RLConfig) -> dict:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
-    init = resolve_checkpoint(cfg.init)
-    tok = load_tokenizer(init)
+    from dsv4.train.sft import open_init
+
+    init, tok, data_dir = open_init(cfg.init)  # data_dir: passed on, for distillation's corpus
     torch.manual_seed(cfg.seed)
     model = _load(latest or init, device).train()
     ref = _load(init, device).eval() if cfg.objective == "grpo" and cfg.kl_coef > 0 else None
@@ -250,7 +250,7 @@ def rl(cfg: RLConfig) -> dict:
 
     def save():
         st = {"train_config": cfg.to_dict(), "tasks_consumed": stream.consumed, "elapsed_s": elapsed(),
-              "tokenizer_fingerprint": tok.fingerprint}
+              "tokenizer_fingerprint": tok.fingerprint, "data_dir": data_dir}
         return ck.save_checkpoint(out, step, model, optimizers, st, cfg.keep_checkpoints,
                                   {"tokenizer.json": tok.to_str()})
 
