@@ -139,3 +139,28 @@ def test_rl_config_validation():
     with pytest.raises(UserError):
         RLConfig(init="x", max_steps=1, objective="distill").validate()  # no teacher
     TrainConfig.validate(RLConfig(init="x", max_steps=1))
+
+
+def test_sft_target_is_what_rl_samples_after_its_prompt_and_earns_full_reward():
+    """SFT trains, RL prompts and the reward parse one format: the SFT example starts with RL's
+    prompt ids, and its assistant part, decoded as RL decodes samples, passes the hidden tests
+    with the format bonus."""
+    from dsv4.data.tokenizer import Tokenizer
+    from dsv4.tasks import generate_tasks
+    from dsv4.tasks.render import chat_messages
+    from dsv4.tasks.reward import RewardConfig, score_batch
+    from dsv4.train.rl import prompt_ids
+
+    tasks = generate_tasks("train", 3, seed=5)
+    tok = Tokenizer.train([t.program for t in generate_tasks("train", 40)], 400)
+    comps = []
+    for t in tasks:
+        msgs = chat_messages(t, None, True)
+        full, mask = tok.encode_chat(msgs, add_generation_prompt=False, return_mask=True)
+        p = prompt_ids(tok, t, True)
+        assert full[:len(p)] == p and not any(mask[:len(p)]) and all(mask[len(p):])
+        comps.append(tok.decode(full[len(p):]))
+    res = score_batch(tasks, comps, RewardConfig(style="chat", think=True), workers=2)
+    assert [r.status for r in res] == ["passed"] * 3 and all(r.reward == pytest.approx(1.1) for r in res)
+    wrong = score_batch(tasks[:1], [comps[1]], RewardConfig(style="chat", think=True), workers=1)[0]
+    assert not wrong.passed and wrong.reward == pytest.approx(0.1)  # format only
