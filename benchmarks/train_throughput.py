@@ -95,6 +95,10 @@ def main() -> None:
         print(f"{r['preset']:>9} compile={str(r['compile']):5} {r['params'] / 1e6:6.2f}M params  "
               f"{r['tokens_per_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  (warm-up {r['warmup_s']:.1f}s)")
     print(f"bf16 matmul peak: {peak / 1e12:.3f} TFLOP/s ({args.threads} threads)")
+    print("\n| preset | params | compile | tokens/s | MFU | step (ms) |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {'yes' if r['compile'] else 'no'} | "
+              f"{r['tokens_per_s']:.0f} | {100 * r['mfu']:.1f}% | {r['step_ms_median']:.0f} |")
     result = {
         "benchmark": "train_throughput",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
