@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a finished quickstart directory")
     ap.add_argument("--command", required=True, help="the command that produced the run")
     ap.add_argument("--out", default="benchmarks/results/posttrain.json")
+    ap.add_argument("--note", default="", help="conditions of the run (machine load, restarts)")
     args = ap.parse_args()
     summary = json.loads((Path(args.run) / "summary.json").read_text())
     h, st = summary["headline"], summary["stages"]
@@ -40,13 +41,14 @@ def main() -> None:
         "heldout_n": st["eval"]["heldout"]["rl"]["n"],
         "steps": {k: st[k].get("step") for k in ("pretrain", "sft", "rl", "scratch")},
         "decode_tok_s": st["eval"]["decode_tok_s"],
-        "elapsed_min": summary["elapsed_s"] / 60,
+        "elapsed_min_last_session": summary["elapsed_s"] / 60,
         "budget_min": summary["budget_min"],
         "targets_met": {
             "rl_plus_0.15_over_sft": h["heldout_pass@1_rl"] - h["heldout_pass@1_sft"] >= 0.15,
             "distilled_beats_scratch": h["distill_val_loss"] < h["scratch_val_loss"],
             "lite_decodes_3x_faster": h["lite_vs_flagship_decode_speedup"] >= 3.0,
         },
+        "note": args.note,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_avg_at_write": os.getloadavg()[0]},
     }
