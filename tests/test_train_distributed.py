@@ -7,14 +7,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from dsv4.model import load_model
 from dsv4.train.metrics import read_metrics
 from dsv4.train.pretrain import pretrain
 from helpers_train import build_small_data, subprocess_env, tiny_config
 
-STEPS = 6
+STEPS = 4
 
 # One torchrun launch (process start-up dominates on 2 cores): a session that stops at
 # STEPS-2 with a distributed checkpoint, then a session that resumes from it.
@@ -25,7 +24,7 @@ sys.path.insert(0, {tests!r})
 from helpers_train import tiny_config
 from dsv4.train.pretrain import pretrain
 dist.init_process_group("gloo")
-cfg = dict(max_steps={steps}, eval_every=0, save_every=0)
+cfg = dict(max_steps={steps}, eval_every=0, save_every=0, seq_len=32)
 pretrain(tiny_config({out!r}, {data!r}, stop_at={steps} - 2, **cfg))
 pretrain(tiny_config({out!r}, {data!r}, resume=True, **cfg))
 dist.destroy_process_group()
@@ -36,7 +35,7 @@ dist.destroy_process_group()
 def test_two_rank_fsdp_matches_single_process_and_resumes(tmp_path):
     data = build_small_data(tmp_path / "data")
     single = tmp_path / "single"
-    pretrain(tiny_config(single, data, max_steps=STEPS, eval_every=0, save_every=0))
+    pretrain(tiny_config(single, data, max_steps=STEPS, eval_every=0, save_every=0, seq_len=32))
 
     dist = tmp_path / "dist"
     script = tmp_path / "entry.py"
