@@ -1,42 +1,57 @@
-"""`dsv4 quickstart`: data -> pretrain within the budget -> sample -> summary; a rerun reuses it all."""
+"""`dsv4 quickstart --preset tiny` end to end: data -> pretrain -> SFT -> RL -> distill (+ scratch)
+-> eval -> report within a small budget; a rerun skips every finished stage."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import pytest
+
 from dsv4.cli import main
-from dsv4.quickstart import QuickstartConfig, format_summary, quickstart
+from dsv4.quickstart import STAGES, QuickstartConfig, format_summary, quickstart
 from helpers_train import corpus_sources
 
 
-def test_quickstart_runs_within_budget_and_reruns_from_its_outputs(tmp_path):
+@pytest.mark.slow
+def test_quickstart_tiny_end_to_end_and_rerun_skips_finished_stages(tmp_path):
+    out = tmp_path / "qs"
     cfg = QuickstartConfig(
-        budget_min=0.12,
-        out_dir=str(tmp_path / "qs"),
-        preset="tiny",
-        progress=False,
-        threads=1,
-        data_sources=corpus_sources()[:3],
-        vocab_size=512,
-        batch_size=8,
-        seq_len=64,
-        sample_tokens=30,
+        budget_min=0.6, out_dir=str(out), preset="tiny", student_preset="tiny", progress=False, threads=1,
+        data_sources=corpus_sources()[:3], vocab_size=512, batch_size=8, seq_len=64,
+        student_overrides={"dim": 32}, sft_tasks=200, sft_batch_size=4,
+        rl={"group_size": 4, "tasks_per_step": 2, "max_new_tokens": 32},
+        heldout_n=4, humaneval_limit=2, eval_new_tokens=32, speed_tokens=8,
     )
     t0 = time.perf_counter()
     first = quickstart(cfg)
     wall = time.perf_counter() - t0
-    s = first["pretrain"]
-    assert s["step"] > 5 and s["final_loss"] < s["first_loss"]
-    assert wall < 60 * cfg.budget_min + 8  # the budget holds (a little slack for the shared CI machine)
-    assert len(first["sample"]) > 0
-    assert json.loads((tmp_path / "qs" / "summary.json").read_text())["pretrain"]["step"] == s["step"]
+    assert wall < 60 * cfg.budget_min + 90  # training holds its budget; eval and report are small
+    st = first["stages"]
+    assert st["pretrain"]["step"] > 3 and st["pretrain"]["final_loss"] < st["pretrain"]["first_loss"]
+    assert st["sft"]["step"] >= 1 and st["rl"]["step"] >= 1
+    rl_log = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward", "pass_rate", "length", "truncated"} <= set(rl_log[0])
+    for part in ("offpolicy", "onpolicy"):
+        assert (out / "distill" / part / "latest").exists()
+    h = first["headline"]
+    for k in ("heldout_pass@1_sft", "heldout_pass@1_rl", "distill_val_loss", "scratch_val_loss",
+              "lite_vs_flagship_decode_speedup"):
+        assert h[k] is not None
+    assert 0.0 <= h["heldout_pass@1_rl"] <= 1.0 and h["scratch_val_loss"] > 0
+    assert first["stages"]["eval"]["humaneval"]["tasks"] == 2
+    report = (out / "report.md").read_text()
+    assert "![training loss](plots/loss.png)" in report and (out / "plots" / "rl_reward.png").exists()
     text = format_summary(first, cfg.out_dir)
-    assert "dsv4 generate --ckpt" in text and "bits/byte" in text and first["sample"] in text
+    assert f"dsv4 chat --ckpt {out}/rl" in text and "lic --provider local" in text and "held-out" in text
+    for stage in STAGES[1:7]:
+        assert (out / stage / "stage.json").exists()
 
-    again = quickstart(cfg)  # data reused, training resumed with its time already spent
-    assert again["pretrain"]["step"] == s["step"]
-    assert again["sample"] == first["sample"]  # same checkpoint, same seed
+    t0 = time.perf_counter()
+    again = quickstart(cfg)  # every stage finished: reused, not rerun
+    assert time.perf_counter() - t0 < 30
+    assert again["headline"] == first["headline"]
+    assert again["stages"]["rl"]["step"] == st["rl"]["step"]
 
 
 def test_quickstart_rejects_unknown_preset(tmp_path, capsys):

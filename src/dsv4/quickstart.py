@@ -1,44 +1,96 @@
 """`dsv4 quickstart`: the whole recipe on the embedded defaults, within a time budget.
 
-Stages (each reused or resumed when run again with the same --out):
-  1. data     build the code corpus and tokenizer from this Python's standard library
-  2. pretrain train the preset on it for the rest of the budget (atomic checkpoints,
-              so an interrupted quickstart resumes where it stopped)
-  3. sample   complete a prompt with the trained model
-and a summary with the commands to go further. Later stages of the recipe (SFT, RL,
-distillation, HumanEval) plug in here as they land.
+Stages (DIR = --out; each one is skipped when DIR/<stage>/stage.json says it finished,
+and an interrupted training stage resumes from its last checkpoint):
+  1. data      code corpus + BPE tokenizer from this Python's standard library
+  2. pretrain  the preset (flagship) on it             (dsv4.train.pretrain)
+  3. sft       chat SFT on generated tasks             (dsv4.train.sft)
+  4. rl        GRPO with sandboxed unit-test rewards   (dsv4.train.rl)
+  5. distill   the RL model into a fresh lite model: logit KD, then on-policy
+  6. scratch   a lite model pretrained on the same compute (the distillation baseline)
+  7. eval      held-out task pass@1 (SFT vs RL), HumanEval, val bits-per-byte, decode speed
+  8. report    DIR/report.md with PNG plots           (dsv4.report)
+The budget is split across the training stages by fixed shares (BUDGET_SHARES) at the
+first run and kept in DIR/quickstart.json; the evaluation is sized by counts (tasks,
+tokens), its time taken from the reserve.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
-# Share of the budget (at most RESERVE_S seconds) kept after training for the final
-# evaluation, the checkpoint and the sample.
-RESERVE_FRAC, RESERVE_S = 0.25, 30.0
+# Shares of the budget (after the data stage) per training stage; the rest is the reserve
+# for evaluation and the report.
+BUDGET_SHARES = {"pretrain": 0.42, "sft": 0.12, "rl": 0.18, "distill": 0.09, "scratch": 0.09}
+STAGES = ("data", "pretrain", "sft", "rl", "distill", "scratch", "eval", "report")
 
 
 @dataclass
 class QuickstartConfig:
-    budget_min: float = 10.0
+    budget_min: float = 20.0
     out_dir: str = "runs/quickstart"
     preset: str = "flagship"
+    student_preset: str = "lite"
     seed: int = 0
     prompt: str = "def fibonacci(n):\n"
     sample_tokens: int = 120
     progress: bool = True
     threads: int = 0
-    # for tests: shrink the run (empty = the preset's own)
+    # the corpus and model shape (tests shrink them)
     data_sources: list | None = None
     vocab_size: int = 8192
     batch_size: int = 16
-    seq_len: int = 0
+    seq_len: int = 0  # pretraining rows (0: the preset's max_seq_len)
+    max_seq_len: int = 384  # context of the models: room for chat prompts + answers
     overrides: dict | None = None
+    student_overrides: dict | None = None
+    # post-training sizes
+    sft_tasks: int = 3000
+    sft_batch_size: int = 8
+    difficulty: tuple = (1, 2)
+    rl: dict = field(default_factory=lambda: {"group_size": 8, "tasks_per_step": 4, "max_new_tokens": 96})
+    # evaluation sizes
+    heldout_n: int = 100
+    humaneval_limit: int = 40
+    eval_new_tokens: int = 96
+    speed_tokens: int = 64
+
+
+def _done(stage_dir: Path) -> dict | None:
+    p = stage_dir / "stage.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _finish(stage_dir: Path, summary: dict) -> dict:
+    from dsv4.data.atomic import atomic_write_text
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stage_dir / "stage.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _resume(run_dir: Path) -> bool:
+    from dsv4.train.checkpoint import latest_checkpoint
+
+    return run_dir.exists() and latest_checkpoint(run_dir) is not None
+
+
+def decode_speed(ckpt, n_tokens: int = 64, prompt: str = "def main():\n") -> float:
+    """Greedy single-sequence decode tokens/s of a checkpoint on the engine (after a warm-up)."""
+    from dsv4.infer.load import load_engine
+    from dsv4.infer.sampling import SamplingParams
+
+    engine = load_engine(ckpt, max_batch=1)
+    p = SamplingParams(max_tokens=n_tokens, temperature=0.0, ignore_eos=True)
+    engine.generate(prompt, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    t0 = time.perf_counter()
+    out = engine.generate(prompt, p)[0]
+    return len(out.token_ids) / (time.perf_counter() - t0)
 
 
 def quickstart(cfg: QuickstartConfig) -> dict:
@@ -46,97 +98,215 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     from dsv4.data.build import build_data
     from dsv4.data.dataset import DataDir
     from dsv4.errors import UserError
-    from dsv4.infer.sample import SamplingParams, generate_text
-    from dsv4.train.checkpoint import latest_checkpoint
     from dsv4.train.config import TrainConfig
-    from dsv4.train.pretrain import pretrain
 
     if cfg.budget_min <= 0:
         raise UserError(f"--budget must be > 0 minutes (got {cfg.budget_min})")
-    make_config(cfg.preset, **(cfg.overrides or {}))  # a bad preset fails before any work
+    overrides = {"max_seq_len": cfg.max_seq_len, **(cfg.overrides or {})}
+    student_overrides = {"max_seq_len": cfg.max_seq_len, **(cfg.student_overrides or {})}
+    make_config(cfg.preset, **overrides)  # a bad preset fails before any work
+    make_config(cfg.student_preset, **student_overrides)
     console = Console(stderr=True, quiet=not cfg.progress, log_path=False)
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
+    rule = lambda i, text: console.rule(f"[bold]{i}/{len(STAGES)} {text}")
 
-    console.rule("[bold]1/3 data: code corpus + tokenizer (Python standard library)")
+    rule(1, "data: code corpus + tokenizer (Python standard library)")
     meta = build_data(cfg.data_sources, out / "data", vocab_size=cfg.vocab_size, progress=cfg.progress)
     data = DataDir.open(out / "data")
-    console.log(
-        f"{'reused' if meta.get('reused') else 'built'}: {meta['n_train_tokens']:,} train tokens, "
-        f"{meta['n_val_tokens']:,} val tokens, vocab {meta['vocab_size']}"
-    )
+    console.log(f"{'reused' if meta.get('reused') else 'built'}: {meta['n_train_tokens']:,} train tokens, "
+                f"{meta['n_val_tokens']:,} val tokens, vocab {meta['vocab_size']}")
 
-    console.rule(f"[bold]2/3 pretrain {cfg.preset}")
-    run_dir = out / "pretrain"
-    resume = latest_checkpoint(run_dir) is not None if run_dir.exists() else False
     plan_path = out / "quickstart.json"
-    plan = json.loads(plan_path.read_text()) if resume and plan_path.exists() else None
-    if plan is None:  # first run: training gets what the data stage and the reserve leave
-        reserve_s = min(RESERVE_S, RESERVE_FRAC * 60.0 * cfg.budget_min)
-        train_min = max(0.05, cfg.budget_min - (time.perf_counter() - t0 + reserve_s) / 60.0)
-    else:  # a rerun keeps the first plan (a finished run stays finished); a larger budget extends it
-        train_min = plan["train_budget_min"] + max(0.0, cfg.budget_min - plan["budget_min"])
-    plan_path.write_text(
-        json.dumps(
-            {
-                "budget_min": max(cfg.budget_min, plan["budget_min"] if plan else 0),
-                "train_budget_min": train_min,
-            }
-        )
-    )
-    tcfg = TrainConfig(
-        preset=cfg.preset,
-        out_dir=str(run_dir),
-        data_dir=str(out / "data"),
-        overrides=dict(cfg.overrides or {}),
-        seed=cfg.seed,
-        time_budget_min=train_min,
-        batch_size=cfg.batch_size,
-        seq_len=cfg.seq_len,
-        eval_every=100,
-        save_every=100,
-        progress=cfg.progress,
-        threads=cfg.threads,
-        resume=resume,
-    )
-    if resume:
-        console.log(f"resuming the run in {run_dir} (time already spent there counts against the budget)")
-    summary = pretrain(tcfg, data=data)
+    plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
+    if plan is None:  # first run: the stages share what the data stage left
+        left = max(0.1, cfg.budget_min - (time.perf_counter() - t0) / 60.0)
+        plan = {"budget_min": cfg.budget_min, "stage_min": {k: v * left for k, v in BUDGET_SHARES.items()}}
+    elif cfg.budget_min > plan["budget_min"]:  # a larger budget extends every stage proportionally
+        scale = cfg.budget_min / plan["budget_min"]
+        stage_min = {k: v * scale for k, v in plan["stage_min"].items()}
+        plan = {"budget_min": cfg.budget_min, "stage_min": stage_min}
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(json.dumps(plan, indent=2))
+    mins = plan["stage_min"]
 
-    console.rule("[bold]3/3 sample")
-    params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95, seed=cfg.seed)
-    sample = "".join(generate_text(run_dir, cfg.prompt, params))
+    def base(run_dir: Path, preset: str, ov: dict, **kw) -> TrainConfig:
+        d = dict(preset=preset, out_dir=str(run_dir), data_dir=str(out / "data"), overrides=dict(ov),
+                 seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.seq_len or 256, eval_every=200,
+                 save_every=50, progress=cfg.progress, threads=cfg.threads, resume=_resume(run_dir))
+        d.update(kw)
+        return TrainConfig(**d)
 
-    result = {
-        "data": {k: meta[k] for k in ("n_train_tokens", "n_val_tokens", "vocab_size")},
-        "pretrain": summary,
-        "prompt": cfg.prompt,
-        "sample": sample,
-        "elapsed_s": time.perf_counter() - t0,
+    stages: dict = {}
+
+    # ---- 2. pretrain ----------------------------------------------------------------------
+    from dsv4.train.pretrain import pretrain
+
+    rule(2, f"pretrain {cfg.preset} ({mins['pretrain']:.1f} min)")
+    d = out / "pretrain"
+    stages["pretrain"] = _done(d) or _finish(
+        d, pretrain(base(d, cfg.preset, overrides, time_budget_min=mins["pretrain"]), data=data))
+
+    # ---- 3. sft ---------------------------------------------------------------------------
+    from dsv4.train.sft import sft, sft_tasks
+
+    rule(3, f"sft on generated tasks ({mins['sft']:.1f} min)")
+    d = out / "sft"
+    if not (s := _done(d)):
+        tasks = sft_tasks(n=cfg.sft_tasks, seed=cfg.seed, difficulty=tuple(cfg.difficulty))
+        tc = base(d, cfg.preset, overrides, time_budget_min=mins["sft"], batch_size=cfg.sft_batch_size,
+                  seq_len=cfg.max_seq_len, lr=3e-3, muon_lr=0.01, warmup_steps=10)
+        s = _finish(d, sft(tc, out / "pretrain", tasks=tasks, data=data))
+    stages["sft"] = s
+
+    # ---- 4. rl ------------------------------------------------------------------------------
+    from dsv4.train.rl import RLConfig, rl
+
+    rule(4, f"rl: GRPO with unit-test rewards ({mins['rl']:.1f} min)")
+    d = out / "rl"
+    if not (s := _done(d)):
+        rc = RLConfig(out_dir=str(d), init=str(out / "sft"), time_budget_min=mins["rl"], seed=cfg.seed,
+                      threads=cfg.threads, progress=cfg.progress, resume=_resume(d),
+                      difficulty_min=cfg.difficulty[0], difficulty_max=cfg.difficulty[1], **cfg.rl)
+        s = _finish(d, rl(rc))
+    stages["rl"] = s
+
+    # ---- 5. distill, 6. scratch -----------------------------------------------------------------
+    from dsv4.train.distill import DistillConfig, distill
+
+    rule(5, f"distill {cfg.preset} -> {cfg.student_preset} ({mins['distill']:.1f} min)")
+    d = out / "distill"
+    if not (s := _done(d)):
+        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["distill"])
+        dc = DistillConfig(teacher=str(out / "rl"), out_dir=str(d), mode="both", train=tc,
+                           student_preset=cfg.student_preset, onpolicy_frac=0.25,
+                           onpolicy={**cfg.rl, "difficulty_min": cfg.difficulty[0],
+                                     "difficulty_max": cfg.difficulty[1]})
+        s = distill(dc)
+        # the student's val loss after both parts (on-policy moves it): the same measure as scratch
+        s["val"] = _val(s["checkpoint"], data, tc)
+        s = _finish(d, s)
+    stages["distill"] = s
+
+    rule(6, f"scratch {cfg.student_preset}: the same compute, no teacher ({mins['scratch']:.1f} min)")
+    d = out / "scratch"
+    if not (s := _done(d)):
+        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["scratch"])
+        s = pretrain(tc, data=data)
+        s["val"] = _val(s["checkpoint"], data, tc)
+        s = _finish(d, s)
+    stages["scratch"] = s
+
+    # ---- 7. eval ----------------------------------------------------------------------------
+    rule(7, "eval: held-out tasks, HumanEval, decode speed")
+    d = out / "eval"
+    if not (ev := _done(d)):
+        ev = _evaluate(cfg, out, console)
+        ev = _finish(d, ev)
+    stages["eval"] = ev
+
+    headline = {
+        "heldout_pass@1_sft": ev["heldout"]["sft"]["pass@1"],
+        "heldout_pass@1_rl": ev["heldout"]["rl"]["pass@1"],
+        "humaneval_pass@1_rl": ev.get("humaneval", {}).get("pass@1"),
+        "flagship_val_bpb": stages["pretrain"].get("val_bpb"),
+        "distill_val_loss": stages["distill"]["val"]["val_loss"],
+        "scratch_val_loss": stages["scratch"]["val"]["val_loss"],
+        "lite_vs_flagship_decode_speedup": ev["decode_tok_s"]["lite"] / ev["decode_tok_s"]["flagship"],
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    result = {"headline": headline, "stages": stages, "elapsed_s": time.perf_counter() - t0,
+              "budget_min": cfg.budget_min, "next": next_commands(cfg.out_dir)}
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+
+    rule(8, "report")
+    from dsv4.report import write_report
+
+    result["report"] = str(write_report(out))
     return result
 
 
+def _val(ckpt, data, tc) -> dict:
+    """Validation loss / bpb of a checkpoint on the corpus (pretraining's evaluator)."""
+    import torch
+
+    from dsv4.model.load import load_model
+    from dsv4.train import distributed as D
+    from dsv4.train.pretrain import evaluate_bpb
+
+    model = load_model(ckpt)
+    env = D.DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    return evaluate_bpb(model, data, tc.seq_len or model.config.max_seq_len, tc, env)
+
+
+def _evaluate(cfg: QuickstartConfig, out: Path, console) -> dict:
+    from dsv4.eval.tasks import heldout_pass_at_1
+
+    ev: dict = {"heldout": {}}
+    for stage in ("sft", "rl"):
+        ev["heldout"][stage] = heldout_pass_at_1(
+            out / stage, n=cfg.heldout_n, max_new_tokens=cfg.eval_new_tokens,
+            difficulty=tuple(cfg.difficulty), out=str(out / "eval" / stage))
+        console.log(f"held-out pass@1 {stage}: {100 * ev['heldout'][stage]['pass@1']:.1f}% "
+                    f"({ev['heldout'][stage]['n']} tasks)")
+    if cfg.humaneval_limit:
+        ev["humaneval"] = _humaneval(out / "rl", cfg, out / "eval" / "humaneval")
+        console.log(f"HumanEval pass@1 (first {cfg.humaneval_limit}): {100 * ev['humaneval']['pass@1']:.1f}%")
+    ev["decode_tok_s"] = {"flagship": decode_speed(out / "rl", cfg.speed_tokens),
+                          "lite": decode_speed(out / "distill" / "onpolicy", cfg.speed_tokens)}
+    console.log(f"decode: flagship {ev['decode_tok_s']['flagship']:.1f} tok/s, "
+                f"lite {ev['decode_tok_s']['lite']:.1f} tok/s")
+    return ev
+
+
+def _humaneval(ckpt: Path, cfg: QuickstartConfig, out_dir: Path) -> dict:
+    """HumanEval pass@1 (greedy, the first `humaneval_limit` problems) through `dsv4 eval humaneval`'s
+    checkpoint adapter."""
+    import os
+
+    from dsv4.eval.ckpt import CkptSource
+    from dsv4.eval.humaneval import EvalSetup, evaluate
+
+    setup = EvalSetup(source="ckpt", n=1, ks=[1], temperature=0.0, max_new_tokens=cfg.eval_new_tokens,
+                      limit=cfg.humaneval_limit, ckpt=os.path.abspath(ckpt))
+    src = CkptSource(str(ckpt), 0.0, cfg.eval_new_tokens)
+    try:
+        return evaluate(setup, str(out_dir), generator=src.generator, preflight=src.preflight,
+                        workers=os.cpu_count() or 1, progress=False)
+    finally:
+        src.close()
+
+
+def next_commands(out_dir: str) -> list[str]:
+    return [
+        f"dsv4 chat --ckpt {out_dir}/rl                      # talk to the RL model",
+        f"dsv4 serve --ckpt {out_dir}/rl --port 8000         # OpenAI-compatible server",
+        "lic --provider local                                # the coding agent on that server",
+        f"dsv4 eval tasks --ckpt {out_dir}/rl --n 200        # held-out pass@1",
+        f"dsv4 eval humaneval --ckpt {out_dir}/rl",
+        f"dsv4 report --run {out_dir}                        # the report card again",
+        f"dsv4 quickstart --budget 60 --out {out_dir}        # a larger budget extends every stage",
+    ]
+
+
 def format_summary(result: dict, out_dir: str) -> str:
-    s = result["pretrain"]
-    loss = f"loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}, " if s["first_loss"] is not None else ""
+    h, st = result["headline"], result["stages"]
+    pre = st["pretrain"]
+    f = lambda v, pct=False: "-" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.3f}")
     lines = [
         "",
         "== dsv4 quickstart: done ==",
-        f"model      {s['params'] / 1e6:.2f}M parameters, {s['step']} steps, {s['tokens_seen']:,} tokens "
-        f"in {s['elapsed_s'] / 60:.1f} min",
-        f"speed      {(s['tokens_per_s'] or 0) / 1e3:.1f}k tokens/s, MFU {100 * (s['mfu'] or 0):.1f}% "
-        f"(of a measured bf16 matmul peak)",
-        f"quality    {loss}validation {s['val_bpb']:.3f} bits/byte",
-        "sample     (temperature 0.8)",
-        "",
-        result["prompt"] + result["sample"],
+        f"pretrain   {pre['params'] / 1e6:.2f}M params, {pre['step']} steps, {pre['tokens_seen']:,} tokens; "
+        f"val {f(pre.get('val_bpb'))} bits/byte",
+        f"sft        {st['sft']['step']} steps, loss {f(st['sft'].get('final_loss'))}",
+        f"rl         {st['rl']['step']} steps, mean reward {f(st['rl'].get('mean_reward'))}",
+        f"held-out   pass@1 SFT {f(h['heldout_pass@1_sft'], True)} -> RL {f(h['heldout_pass@1_rl'], True)}",
+        f"humaneval  pass@1 {f(h['humaneval_pass@1_rl'], True)} (RL model, first problems only)",
+        f"lite       distilled val loss {f(h['distill_val_loss'])} vs scratch {f(h['scratch_val_loss'])}; "
+        f"decodes {h['lite_vs_flagship_decode_speedup']:.1f}x faster than the flagship",
+        f"report     {result.get('report', out_dir + '/report.md')}",
+        f"time       {result['elapsed_s'] / 60:.1f} min (budget {result['budget_min']:.0f})",
         "",
         "next:",
-        f"  dsv4 generate --ckpt {out_dir}/pretrain --prompt 'import os' --seed 0",
-        f"  dsv4 train pretrain --out {out_dir}/pretrain --resume --time-budget 30   # train longer",
-        f"  dsv4 quickstart --budget 30 --out {out_dir}   # resumes every stage",
-        f"  metrics: {out_dir}/pretrain/metrics.jsonl; summary: {out_dir}/summary.json",
+        *("  " + c for c in result["next"]),
     ]
     return "\n".join(lines)

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "dsv4.cli.generate",
     "dsv4.cli.quickstart",
     "dsv4.cli.convert",
+    "dsv4.cli.posttrain",
 ]
 
 

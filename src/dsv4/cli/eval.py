@@ -39,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="results directory (default runs/humaneval/<model>); an existing one is resumed")
     p.set_defaults(func=cmd_humaneval)
+    from dsv4.cli.posttrain import register_eval
+
+    register_eval(esub)  # dsv4 eval tasks
 
 
 def _slug(text: str) -> str:

@@ -8,7 +8,7 @@ from dsv4.cli._common import command_group
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    tsub = command_group(sub, "train", "training stages: pretrain (sft, rl, distill later)", "STAGE")
+    tsub = command_group(sub, "train", "training stages: pretrain, sft, rl, distill", "STAGE")
     s = tsub.add_parser(
         "pretrain",
         help="pretrain on the token shards of a data dir",
@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_pretrain)
+    from dsv4.cli.posttrain import register_stages
+
+    register_stages(tsub)  # sft, rl, distill
 
 
 def train_config_from_args(args: argparse.Namespace):

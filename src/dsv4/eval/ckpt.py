@@ -50,7 +50,7 @@ class CkptSource:
                 batch, self._queue = self._queue, []
             if batch:
                 try:
-                    outs = self.engine.generate([p["prompt"] for p, _, _ in batch],
+                    outs = self.engine.generate([self._fit(p["prompt"]) for p, _, _ in batch],
                                                 [self._sampling(p, i) for p, i, _ in batch])
                     for (_, _, f), out in zip(batch, outs, strict=True):
                         f.set_result(out.text)
@@ -58,6 +58,16 @@ class CkptSource:
                     for _, _, f in batch:
                         f.set_exception(e)
         return completion_from_base(fut.result())
+
+    def _fit(self, prompt: str) -> str | list[int]:
+        """The prompt, or its last ids when it leaves the answer no room in the model's
+        context (the engine refuses a prompt longer than its context)."""
+        max_len = getattr(self.engine, "max_len", None)
+        if max_len is None:
+            return prompt
+        ids = self.engine.encode(prompt)
+        room = max(1, max_len - self.max_new_tokens)
+        return prompt if len(ids) <= room else ids[-room:]
 
     def preflight(self, problem: dict) -> str:
         return self.generator(problem, 0)

@@ -67,11 +67,14 @@ def _local(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def train_step(model, optimizers: list, x: torch.Tensor, y: torch.Tensor, grad_clip: float, autocast: bool):
+def train_step(
+    model, optimizers: list, x: torch.Tensor, y: torch.Tensor, grad_clip: float, autocast: bool, loss_fn=None
+):
     """One optimizer step: bf16-autocast forward and backward, global grad-norm clipping,
-    every optimizer's step, then the model's non-gradient updates. Returns (loss, stats, grad norm)."""
+    every optimizer's step, then the model's non-gradient updates. Returns (loss, stats, grad norm).
+    `loss_fn(model, x, y) -> (loss, stats)` replaces `model.loss` (e.g. distillation)."""
     with _autocast(x.device, autocast):
-        loss, stats = model.loss(x, y)
+        loss, stats = loss_fn(model, x, y) if loss_fn is not None else model.loss(x, y)
     loss.backward()
     params = [p for p in model.parameters() if p.grad is not None]
     if grad_clip > 0:
@@ -126,17 +129,22 @@ def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, dict | Non
     return merged, latest, state
 
 
-def pretrain(cfg: TrainConfig, data=None) -> dict:
-    """Run (or resume) pretraining as configured; returns a summary dict (see `_summary`)."""
+def pretrain(cfg: TrainConfig, data=None, *, init=None, batches=None, loss_fn=None) -> dict:
+    """Run (or resume) pretraining as configured; returns a summary dict (see `_summary`).
+
+    Post-training reuses this loop (dsv4.train.sft, distill): `init` is a checkpoint whose
+    weights and model config start a fresh run; `batches(seq_len, seed, rank, world_size)`
+    builds the batch source instead of the token loader (anything with next_batch(),
+    state_dict() and load_state_dict()); `loss_fn(model, x, y)` replaces `model.loss`."""
     cfg.validate()
     env = D.init_distributed(cfg.device)
     try:
-        return _pretrain(cfg, env, data)
+        return _pretrain(cfg, env, data, init, batches, loss_fn)
     finally:
         D.shutdown(env)
 
 
-def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
+def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, loss_fn=None) -> dict:
     cfg, ckpt, state = _resolve_run(cfg)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(threads)
@@ -161,6 +169,8 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
     torch.manual_seed(cfg.seed)
     if ckpt is not None:
         mcfg = load_config(ckpt)
+    elif init is not None:
+        mcfg = load_config(init)
     else:
         overrides = dict(cfg.overrides)
         overrides["vocab_size"] = data.tokenizer.vocab_size  # the model speaks the data's tokenizer
@@ -175,13 +185,18 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
     model = Transformer(mcfg)
     if ckpt is not None and not env.distributed:
         load_weights_into(model, read_weights(ckpt), str(ckpt / ck.WEIGHTS))
+    elif ckpt is None and init is not None:
+        load_weights_into(model, read_weights(init), str(init))
     model.to(env.device).train()
     n_params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model, seq_len)
     if env.distributed:
         D.shard_model(model)
     optimizers = build_optimizers(model, cfg)
-    loader = TokenLoader(data.train, cfg.batch_size, seq_len, cfg.seed, env.rank, env.world_size)
+    if batches is not None:
+        loader = batches(seq_len, cfg.seed, env.rank, env.world_size)
+    else:
+        loader = TokenLoader(data.train, cfg.batch_size, seq_len, cfg.seed, env.rank, env.world_size)
     if ckpt is not None:
         if env.distributed:
             D.load_sharded(env, ckpt, model, optimizers)
@@ -265,7 +280,7 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
                 model.set_training_progress(frac)
             x, y = loader.next_batch()
             x, y = x.to(env.device), y.to(env.device)
-            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast)
+            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast, loss_fn)
             step += 1
             tokens_seen += tokens_per_step
             if env.device.type == "cuda":

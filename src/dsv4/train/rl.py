@@ -1,0 +1,315 @@
+"""On-policy training from the model's own samples: GRPO with unit-test rewards, and
+on-policy distillation (per-token reverse KL to a teacher as the advantage).
+
+    rl(RLConfig(out_dir=..., init="runs/sft", max_steps=50))
+
+Each step: draw `tasks_per_step` train-split tasks, sample `group_size` chat completions
+of each with the inference engine (one batched `Engine.generate`), then
+  - grpo: score them in the sandbox (dsv4.tasks.reward: all hidden tests pass = 1, plus
+    R1's format reward for `<think>..</think>` + a code block), group-normalised
+    advantages, and the clipped (clip-higher) surrogate with optional k3 KL to the frozen
+    init policy, DAPO token-level aggregation and truncated samples masked (grpo.py);
+    groups whose rewards are all equal carry no signal and are dropped before the update;
+  - distill: the teacher scores the student's tokens; `onpolicy_distill_loss`.
+One optimizer step per batch (so the importance ratio is 1 at the step and the clip is a
+guard, as in on-policy GRPO with mu = 1). Logs reward, pass rate, length, entropy and KL per
+step to DIR/metrics.jsonl; atomic checkpoints with optimizer state, the task stream's
+position and RNG states, so that `resume` continues the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsv4.errors import UserError
+from dsv4.train import checkpoint as ck
+from dsv4.train.config import TrainConfig
+from dsv4.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_entropy, token_logprobs
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    init: str = ""  # the checkpoint to start from (SFT output); also the KL reference
+    objective: str = "grpo"  # grpo | distill (on-policy distillation; needs `teacher`)
+    teacher: str = ""
+    group_size: int = 8  # G samples per task
+    tasks_per_step: int = 4
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    think: bool = True  # <think> format (and its format reward)
+    format_weight: float = 0.1
+    partial_credit: bool = False
+    difficulty_min: int = 1
+    difficulty_max: int = 4
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    kl_coef: float = 0.0
+    std_norm: bool = True
+    loss_agg: str = "token-mean"
+    mask_truncated: bool = True
+    sandbox_workers: int = 0  # 0 -> cpu count
+    # post-training defaults: a small lr on a trained model, short warmup, constant schedule
+    lr: float = 3e-4
+    muon_lr: float = 3e-3
+    warmup_steps: int = 0
+    decay: str = "constant"
+    save_every: int = 20
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.init:
+            raise UserError("give --init CKPT (the model to train)")
+        if self.objective not in ("grpo", "distill"):
+            raise UserError("objective must be grpo or distill")
+        if self.objective == "distill" and not self.teacher:
+            raise UserError("on-policy distillation needs --teacher")
+        if self.group_size < 1 or self.tasks_per_step < 1 or self.max_new_tokens < 1:
+            raise UserError("--group-size, --tasks-per-step and --max-new-tokens must be >= 1")
+        if self.objective == "grpo" and self.std_norm and self.group_size < 2:
+            raise UserError("GRPO needs --group-size >= 2")
+        GRPOConfig(self.eps_low, self.eps_high, self.kl_coef, self.std_norm, self.loss_agg)  # checks
+
+
+def _grpo_config(cfg: RLConfig) -> GRPOConfig:
+    return GRPOConfig(cfg.eps_low, cfg.eps_high, cfg.kl_coef, cfg.std_norm, cfg.loss_agg,
+                      max_tokens=cfg.max_new_tokens, mask_truncated=cfg.mask_truncated)
+
+
+def prompt_ids(tok, task, think: bool) -> list[int]:
+    """The chat prompt of a task, ending with the assistant marker (no system prompt: short)."""
+    from dsv4.tasks.render import chat_prompt_messages
+
+    return tok.encode_chat(chat_prompt_messages(task, None, think), add_generation_prompt=True)
+
+
+class TaskStream:
+    """Train-split tasks whose prompt leaves room to answer, in a fixed order; resumable by count."""
+
+    def __init__(self, tok, cfg: RLConfig, max_len: int, consumed: int = 0):
+        from dsv4.tasks import iter_tasks
+
+        self.tok, self.cfg, self.max_len = tok, cfg, max_len
+        self._it = iter_tasks("train", seed=cfg.seed + 1, difficulty=(cfg.difficulty_min, cfg.difficulty_max))
+        self.consumed = 0
+        for _ in range(consumed):
+            self.next()
+
+    def next(self):
+        for task in self._it:
+            ids = prompt_ids(self.tok, task, self.cfg.think)
+            if len(ids) + self.cfg.max_new_tokens < self.max_len:
+                self.consumed += 1
+                return task, ids
+        raise UserError("the task stream ran out; lower the difficulty filter or the step count")
+
+
+def sample_groups(model, tok, prompts: list[list[int]], cfg: RLConfig, seed: int) -> list:
+    """G completions per prompt from the engine, as one batch: a list of engine Outputs."""
+    from dsv4.data import specials as S
+    from dsv4.infer.engine import Engine
+    from dsv4.infer.sampling import SamplingParams
+
+    G = cfg.group_size
+    flat = [p for p in prompts for _ in range(G)]
+    engine = Engine(model, tok, max_batch=len(flat), autocast="prefill")
+    params = [SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0,
+                             seed=seed * 100003 + i, stop_token_ids=[tok.token_id(S.END)])
+              for i in range(len(flat))]
+    try:
+        return engine.generate(flat, params)
+    finally:
+        model.train()
+
+
+def pack_completions(prompts: list[list[int]], completions: list[list[int]], pad: int):
+    """(inputs, targets, completion mask) [B, L-1]: prompt + completion rows, right-padded;
+    mask 1 on the positions whose target is a completion token."""
+    rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompts, rows, strict=True)):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, len(p):len(r)] = 1.0
+    return ids[:, :-1], ids[:, 1:], mask[:, 1:]
+
+
+def policy_logprobs(model, x, y, autocast: bool, with_entropy: bool = False):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(x)
+    logp = token_logprobs(logits, y)
+    return (logp, token_entropy(logits.detach())) if with_entropy else (logp, None)
+
+
+def update_step(model, optimizers: list, cfg: RLConfig, prompts: list, comps: list, pad_id: int, device,
+                advantages=None, truncated=None, ref=None, teacher=None) -> dict:
+    """One optimizer step on sampled completions: the GRPO loss (with `advantages` [B]) or,
+    with a `teacher`, the on-policy distillation loss. Returns the step's stats."""
+    from dsv4.train.distill_loss import onpolicy_distill_loss
+
+    x, y, mask = pack_completions(prompts, comps, pad_id)
+    x, y, mask = x.to(device), y.to(device), mask.to(device)
+    with torch.no_grad():
+        old_logp, _ = policy_logprobs(model, x, y, cfg.autocast)
+        ref_logp = policy_logprobs(ref, x, y, cfg.autocast)[0] if ref is not None else None
+        t_logp = policy_logprobs(teacher, x, y, cfg.autocast)[0] if teacher is not None else None
+    logp, ent = policy_logprobs(model, x, y, cfg.autocast, with_entropy=True)
+    if teacher is None:
+        trunc = truncated.to(device) if truncated is not None else None
+        adv = advantages.to(device)
+        loss, stats = grpo_loss(logp, old_logp, adv, mask, _grpo_config(cfg), ref_logp, trunc)
+    else:
+        loss, stats = onpolicy_distill_loss(logp, old_logp, t_logp, mask)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+    for opt in optimizers:
+        opt.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    model.after_optimizer_step()
+    return {"loss": loss.item(), "entropy": float((ent * mask).sum() / mask.sum().clamp(min=1)),
+            "grad_norm": float(gnorm) if gnorm is not None else 0.0,
+            **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
+
+
+def _load(path, device):
+    from dsv4.model.load import load_model
+
+    return load_model(path, device=device)
+
+
+def rl(cfg: RLConfig) -> dict:
+    """Run (or resume) GRPO / on-policy distillation; returns a summary dict."""
+    from dsv4.data import specials as S
+    from dsv4.infer.load import load_tokenizer
+    from dsv4.sandbox import SandboxPool
+    from dsv4.tasks.reward import RewardConfig, score_batch
+    from dsv4.train.metrics import MetricsLog
+    from dsv4.train.optim import build_optimizers
+    from dsv4.train.progress import TrainProgress
+    from dsv4.train.schedule import lr_multiplier, run_progress, set_lr
+
+    cfg.validate()
+    out = Path(cfg.out_dir)
+    latest = ck.latest_checkpoint(out) if out.exists() else None
+    state = None
+    if latest is not None and not cfg.resume:
+        raise UserError(f"{out} already holds a checkpoint ({latest.name}); pass --resume or another --out")
+    if cfg.resume and latest is None:
+        raise UserError(f"--resume: no checkpoint in {out}; drop --resume to start fresh")
+    if latest is not None:
+        state = ck.read_train_state(latest)
+        saved = RLConfig.from_dict(state["train_config"])
+        from dsv4.train.config import RESUMABLE_OVERRIDES
+
+        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES})
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    from dsv4.train.sft import open_init
+
+    init, tok, data_dir = open_init(cfg.init)  # data_dir: passed on, for distillation's corpus
+    torch.manual_seed(cfg.seed)
+    model = _load(latest or init, device).train()
+    ref = _load(init, device).eval() if cfg.objective == "grpo" and cfg.kl_coef > 0 else None
+    teacher = _load(cfg.teacher, device).eval() if cfg.objective == "distill" else None
+    if teacher is not None and load_tokenizer(cfg.teacher).fingerprint != tok.fingerprint:
+        raise UserError("the teacher and the student must share a tokenizer (train both on one data dir)")
+    for m in (ref, teacher):
+        if m is not None:
+            m.requires_grad_(False)
+    optimizers = build_optimizers(model, cfg)
+    step, consumed, elapsed_before = 0, 0, 0.0
+    if state is not None:
+        ck.load_optimizers(optimizers, state["optimizers"] or [], latest / ck.TRAIN_STATE)
+        ck.set_rng_state(state["rng"])
+        step, consumed = int(state["step"]), int(state["tasks_consumed"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+    stream = TaskStream(tok, cfg, model.config.max_seq_len, consumed)
+    rcfg = RewardConfig(style="chat", think=cfg.think, format_weight=cfg.format_weight,
+                        partial_credit=cfg.partial_credit)
+    end_id = tok.token_id(S.END)
+    pool = SandboxPool(cfg.sandbox_workers or None) if cfg.objective == "grpo" else None
+    log = MetricsLog(out / "metrics.jsonl", truncate_after_step=step)
+    by_time = cfg.max_steps == 0
+    bar = TrainProgress(cfg.progress, total=cfg.max_steps or 60.0 * cfg.time_budget_min,
+                        start=elapsed_before if by_time else step, by_time=by_time)
+    t_start = time.perf_counter()
+    elapsed = lambda: elapsed_before + time.perf_counter() - t_start
+    history: list[dict] = []
+    last_saved = step if latest is not None else -1
+
+    def save():
+        st = {"train_config": cfg.to_dict(), "tasks_consumed": stream.consumed, "elapsed_s": elapsed(),
+              "tokenizer_fingerprint": tok.fingerprint, "data_dir": data_dir}
+        return ck.save_checkpoint(out, step, model, optimizers, st, cfg.keep_checkpoints,
+                                  {"tokenizer.json": tok.to_str()})
+
+    try:
+        while not ((cfg.max_steps and step >= cfg.max_steps) or (cfg.stop_at and step >= cfg.stop_at)
+                   or (cfg.time_budget_min and elapsed() >= 60.0 * cfg.time_budget_min)):
+            t0 = time.perf_counter()
+            frac = run_progress(step, cfg.max_steps, elapsed(), cfg.time_budget_min)
+            lrs = set_lr(optimizers, lr_multiplier(step, frac, cfg.warmup_steps, cfg.decay, cfg.min_lr_frac))
+            batch = [stream.next() for _ in range(cfg.tasks_per_step)]
+            prompts = [p for _, p in batch]
+            outs = sample_groups(model, tok, prompts, cfg, seed=cfg.seed * 7919 + step)
+            t_sample = time.perf_counter() - t0
+            G = cfg.group_size
+            flat_prompts = [p for p in prompts for _ in range(G)]
+            # The stop token closes the turn: it is part of what the policy chose.
+            comps = [o.token_ids + ([end_id] if o.finish_reason == "stop" else []) for o in outs]
+            truncated = torch.tensor([o.finish_reason == "length" for o in outs])
+            rec = {"step": step + 1, "length": float(np.mean([len(c) for c in comps])),
+                   "truncated": float(truncated.float().mean())}
+            if cfg.objective == "grpo":
+                tasks = [t for t, _ in batch for _ in range(G)]
+                texts = [tok.decode(c) for c in comps]
+                res = score_batch(tasks, texts, rcfg, pool=pool)
+                rewards = torch.tensor([r.reward for r in res])
+                adv = group_advantages(rewards, G, cfg.std_norm)
+                keep = (adv.abs() > 1e-8).nonzero().flatten().tolist()
+                rec.update(reward=float(rewards.mean()), pass_rate=float(np.mean([r.passed for r in res])),
+                           format_rate=float(np.mean([r.format_ok for r in res])),
+                           groups_with_signal=len(keep) // max(1, G) if keep else 0)
+            else:
+                keep = list(range(len(comps)))
+                adv = None
+            if keep and any(len(comps[i]) for i in keep):
+                rec.update(update_step(model, optimizers, cfg, [flat_prompts[i] for i in keep],
+                                       [comps[i] for i in keep], tok.pad_id, device,
+                                       adv[keep] if adv is not None else None, truncated[keep], ref, teacher))
+                if not math.isfinite(rec["loss"]):
+                    raise RuntimeError(f"loss became {rec['loss']} at step {step + 1}; lower --lr")
+            step += 1
+            rec.update(lr=lrs.get("adamw", 0.0), sample_s=t_sample, step_s=time.perf_counter() - t0,
+                       elapsed_s=elapsed())
+            log.write(rec)
+            history.append(rec)
+            bar.update(elapsed() if by_time else step, rec.get("loss", 0.0), 0.0, 0.0)
+            if cfg.save_every and step % cfg.save_every == 0:
+                save()
+                last_saved = step
+        ckpt_path = save() if last_saved != step else out / ck.step_dir_name(step)
+    finally:
+        bar.close()
+        log.close()
+        if pool is not None:
+            pool.close()
+
+    def mean(key):
+        vals = [r[key] for r in history if key in r]
+        return float(np.mean(vals)) if vals else None
+
+    return {"out_dir": str(out), "checkpoint": str(ckpt_path), "step": step, "elapsed_s": elapsed(),
+            "objective": cfg.objective, "mean_reward": mean("reward"), "mean_pass_rate": mean("pass_rate"),
+            "mean_length": mean("length"), "mean_reverse_kl": mean("reverse_kl")}
