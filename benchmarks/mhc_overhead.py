@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from dsv4.model import build_model
+from dsv4.model.mhc import set_compile
 
 
 def make_step(model, ids, use_compile: bool):
@@ -54,12 +55,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per model (after warm-up)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both whole models")
+    ap.add_argument("--compile-hc", action="store_true",
+                    help="torch.compile only the mHC stream mixing (mhc.set_compile)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.compile_hc:
+        set_compile(True)
     models = {}
     for n in (4, 1):
         torch.manual_seed(0)
@@ -69,9 +74,11 @@ def main() -> None:
     steps = {n: make_step(m, ids, args.compile) for n, m in models.items()}
     wall: dict[int, list[float]] = {4: [], 1: []}
     cpu: dict[int, list[float]] = {4: [], 1: []}
+    first: dict[int, float] = {}
     for i in range(args.warmup + args.steps):
         for n in (4, 1) if i % 2 == 0 else (1, 4):
             w, c = steps[n]()
+            first.setdefault(n, w)
             if i >= args.warmup:
                 wall[n].append(w)
                 cpu[n].append(c)
@@ -84,6 +91,9 @@ def main() -> None:
         "batch": args.batch,
         "seq_len": T,
         "compile": args.compile,
+        "compile_hc": args.compile_hc,
+        "first_step_wall_s_hc4": first[4],
+        "first_step_wall_s_hc1": first[1],
         "threads": torch.get_num_threads(),
         "load_avg_1min": os.getloadavg()[0],
         "cpu": platform.processor() or platform.machine(),
@@ -100,7 +110,8 @@ def main() -> None:
         "params_hc4": sum(p.numel() for p in models[4].parameters()),
         "params_hc1": sum(p.numel() for p in models[1].parameters()),
     }
-    out = Path(args.out or f"benchmarks/results/mhc_overhead{'_compiled' if args.compile else ''}.json")
+    suffix = "_compiled" if args.compile else "_compiled_hc" if args.compile_hc else ""
+    out = Path(args.out or f"benchmarks/results/mhc_overhead{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not k.startswith("step_")}, indent=2))
