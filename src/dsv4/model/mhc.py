@@ -175,8 +175,9 @@ class _PostRes(torch.autograd.Function):
 def _rms_mix(x: torch.Tensor, phi: torch.Tensor, norm_eps: float) -> torch.Tensor:
     """phi(RMSNorm(vec(x))) for streams x [..., n, D] -> [..., out] in fp32."""
     flat = x.reshape(-1, x.shape[-2] * x.shape[-1])
+    dtype = _compute_dtype(x)  # read before autocast is switched off below
     with torch.autocast(device_type=x.device.type, enabled=False):
-        mixes = _RMSMix.apply(flat.float(), phi, norm_eps, _compute_dtype(x))
+        mixes = _RMSMix.apply(flat.float(), phi, norm_eps, dtype)
     return mixes.reshape(*x.shape[:-2], phi.shape[0])
 
 
