@@ -184,11 +184,12 @@ class _PostRes(torch.autograd.Function):
     def backward(ctx, g):
         x, comb, post, y = ctx.saved_tensors
         g = g.contiguous()
-        g_x = torch.bmm(comb, g)
+        # one product for both input grads: [comb; post^T] g -> rows 0..n-1 dx, row n dy
+        g_xy = torch.bmm(torch.cat([comb, post.unsqueeze(1)], dim=1), g)
         g_comb = torch.bmm(x, g.transpose(1, 2))
         g_post = (g * y.float().unsqueeze(1)).sum(-1)
-        g_y = torch.bmm(post.unsqueeze(1), g).squeeze(1)
-        return g_x, g_comb, g_post, g_y.to(y.dtype)
+        n = x.shape[1]
+        return g_xy[:, :n], g_comb, g_post, g_xy[:, n].to(y.dtype)
 
 
 def _rms_mix(x: torch.Tensor, phi: torch.Tensor, norm_eps: float) -> torch.Tensor:
