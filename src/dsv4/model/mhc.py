@@ -298,7 +298,7 @@ class HyperConnection(nn.Module):
             ctx.hc_record.append(comb[0].detach())  # first sequence only: diagnostics
         lead, (n, d) = x.shape[:-2], x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xs = x.float().reshape(-1, n, d)
+            xs = x.float().reshape(-1, n, d).contiguous()  # the expanded embedding has stride 0
             h = _PreMix.apply(xs, pre.reshape(-1, n))
         y = sublayer(h.reshape(*lead, d).to(x.dtype))
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -362,5 +362,5 @@ class HyperHead(nn.Module):
         mixes = _rms_mix(x, self.phi, self.norm_eps)
         w = torch.sigmoid(mixes * self.alpha.float() + self.bias.float()) + self.eps
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = (w.unsqueeze(-1) * x.float()).sum(-2)
-        return out.to(x.dtype)
+            out = _PreMix.apply(x.float().reshape(-1, *x.shape[-2:]), w.reshape(-1, self.n))  # sum_j w_j x_j
+        return out.reshape(*x.shape[:-2], x.shape[-1]).to(x.dtype)
