@@ -4,15 +4,16 @@ One training step = bf16-autocast forward + loss + backward + AdamW step (the sh
 `dsv4 train pretrain`). The two models are timed in interleaved order (A B A B ...) so
 that load from other processes on a shared machine hits both alike; the ratio of the
 median step times is reported. The paper reports 1.067 with fused GPU kernels; unfused
-public ports run ~1.5x. `--compile` wraps both models in torch.compile (inductor fuses
-the Sinkhorn loop and the stream mixing into a few C++ kernels on CPU too).
+public ports run ~1.5x. `--compile-hc` compiles only the mHC stream mixing
+(`dsv4.model.mhc.set_compile`; both models otherwise eager, the baseline's residual is a
+bare add); `--compile` wraps both whole models in torch.compile (very slow to compile here).
 
 On a shared machine wall-clock time is dominated by other processes, so the headline
 ratio uses the process CPU time of each step (single-threaded by default, where CPU time
 is compute time); the wall-clock ratio is reported too.
 
-    python benchmarks/mhc_overhead.py [--preset flagship] [--batch 16] [--steps 6] [--compile]
-Writes benchmarks/results/mhc_overhead[_compiled].json.
+    python benchmarks/mhc_overhead.py [--preset flagship] [--batch 16] [--steps 6] [--compile-hc]
+Writes benchmarks/results/mhc_overhead[_compiled_hc|_compiled].json.
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ inference code does; the paper's H_res is comb^T. Forgetting the transpose is a 
 port bug. Sinkhorn and the RMS statistics run in fp32 whatever the autocast dtype; the
 residual mix runs in fp32 so that the stream keeps the precision of a plain residual.
 
+Speed (the stream is n times wider than a plain residual, so the cost is memory passes,
+not FLOPs): the three stream passes (RMS mix, pre-mix, post/res mix) and Sinkhorn each have
+a hand-written backward that touches the stream as few times as we can with stock ops;
+`set_compile(True)` (or DSV4_MHC_COMPILE=1) hands the stream passes to torch.compile
+instead, which fuses them further (benchmarks/mhc_overhead.py, README).
+
 n = 1 is not routed through this module at all: `make_residual` returns the plain
 `x + f(x)`, so the baseline is bit-for-bit the pre-norm transformer.
 
