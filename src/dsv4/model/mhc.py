@@ -138,7 +138,8 @@ class _RMSMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat, phi, norm_eps, dtype):
-        rstd = torch.rsqrt(flat.float().square().mean(-1, keepdim=True) + norm_eps)
+        ss = torch.linalg.vector_norm(flat, dim=-1, keepdim=True, dtype=torch.float32).square()
+        rstd = torch.rsqrt(ss / flat.shape[-1] + norm_eps)  # one read, no squared copy
         low = flat.to(dtype)
         raw = (low @ phi.to(dtype).t()).float()
         ctx.save_for_backward(flat, low, phi, rstd, raw)
@@ -149,7 +150,7 @@ class _RMSMix(torch.autograd.Function):
         flat, low, phi, rstd, raw = ctx.saved_tensors
         g_raw = g * rstd
         coef = (g * raw).sum(-1, keepdim=True) * rstd.pow(3) / -flat.shape[-1]
-        g_flat = torch.addcmul((g_raw.to(low.dtype) @ phi.to(low.dtype)).float(), flat, coef)
+        g_flat = (g_raw.to(low.dtype) @ phi.to(low.dtype)).float().addcmul_(flat, coef)
         g_phi = (g_raw.to(low.dtype).t() @ low).float()
         return g_flat.to(flat.dtype), g_phi.to(phi.dtype), None, None
 
