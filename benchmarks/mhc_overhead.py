@@ -4,15 +4,16 @@ One training step = bf16-autocast forward + loss + backward + AdamW step (the sh
 `dsv4 train pretrain`). The two models are timed in interleaved order (A B A B ...) so
 that load from other processes on a shared machine hits both alike; the ratio of the
 median step times is reported. The paper reports 1.067 with fused GPU kernels; unfused
-public ports run ~1.5x. `--compile` wraps both models in torch.compile (inductor fuses
-the Sinkhorn loop and the stream mixing into a few C++ kernels on CPU too).
+public ports run ~1.5x. `--compile-hc` compiles only the mHC stream mixing
+(`dsv4.model.mhc.set_compile`; both models otherwise eager, the baseline's residual is a
+bare add); `--compile` wraps both whole models in torch.compile (very slow to compile here).
 
 On a shared machine wall-clock time is dominated by other processes, so the headline
 ratio uses the process CPU time of each step (single-threaded by default, where CPU time
 is compute time); the wall-clock ratio is reported too.
 
-    python benchmarks/mhc_overhead.py [--preset flagship] [--batch 16] [--steps 6] [--compile]
-Writes benchmarks/results/mhc_overhead[_compiled].json.
+    python benchmarks/mhc_overhead.py [--preset flagship] [--batch 16] [--steps 6] [--compile-hc]
+Writes benchmarks/results/mhc_overhead[_compiled_hc|_compiled].json.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from dsv4.model import build_model
+from dsv4.model.mhc import set_compile
 
 
 def make_step(model, ids, use_compile: bool):
@@ -54,12 +56,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per model (after warm-up)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both whole models")
+    ap.add_argument("--compile-hc", action="store_true",
+                    help="torch.compile only the mHC stream mixing (mhc.set_compile)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.compile_hc:
+        set_compile(True)
     models = {}
     for n in (4, 1):
         torch.manual_seed(0)
@@ -69,9 +75,11 @@ def main() -> None:
     steps = {n: make_step(m, ids, args.compile) for n, m in models.items()}
     wall: dict[int, list[float]] = {4: [], 1: []}
     cpu: dict[int, list[float]] = {4: [], 1: []}
+    first: dict[int, float] = {}
     for i in range(args.warmup + args.steps):
         for n in (4, 1) if i % 2 == 0 else (1, 4):
             w, c = steps[n]()
+            first.setdefault(n, w)
             if i >= args.warmup:
                 wall[n].append(w)
                 cpu[n].append(c)
@@ -84,6 +92,9 @@ def main() -> None:
         "batch": args.batch,
         "seq_len": T,
         "compile": args.compile,
+        "compile_hc": args.compile_hc,
+        "first_step_wall_s_hc4": first[4],
+        "first_step_wall_s_hc1": first[1],
         "threads": torch.get_num_threads(),
         "load_avg_1min": os.getloadavg()[0],
         "cpu": platform.processor() or platform.machine(),
@@ -100,7 +111,8 @@ def main() -> None:
         "params_hc4": sum(p.numel() for p in models[4].parameters()),
         "params_hc1": sum(p.numel() for p in models[1].parameters()),
     }
-    out = Path(args.out or f"benchmarks/results/mhc_overhead{'_compiled' if args.compile else ''}.json")
+    suffix = "_compiled" if args.compile else "_compiled_hc" if args.compile_hc else ""
+    out = Path(args.out or f"benchmarks/results/mhc_overhead{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not k.startswith("step_")}, indent=2))

@@ -177,3 +177,58 @@ def test_training_stats_report_the_composite_gain():
     plain = build_model("baseline", n_layers=3, vocab_size=512, max_seq_len=32)
     _, stats = plain.loss(ids[:, :-1], ids[:, 1:])
     assert "mhc_amax_fwd" not in stats
+
+
+def _sinkhorn_reference(logits, iters=20, eps=1e-6):
+    # SPEC 1.1 written out in fp64 on the [..., n, n] layout, autograd through every step.
+    m = torch.softmax(logits.double(), -1) + eps
+    m = m / (m.sum(-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        m = m / (m.sum(-1, keepdim=True) + eps)
+        m = m / (m.sum(-2, keepdim=True) + eps)
+    return m
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 300])  # the small-batch (decode) and the long no-grad paths
+def test_sinkhorn_fast_paths_match_the_reference(tokens):
+    torch.manual_seed(tokens)
+    logits = torch.randn(tokens, 4, 4) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(sinkhorn(logits).double(), _sinkhorn_reference(logits), atol=1e-6, rtol=0)
+    # the hand-written backward against autograd through the fp64 reference
+    leaf = logits.clone().requires_grad_()
+    g = torch.randn(tokens, 4, 4)
+    (sinkhorn(leaf) * g).sum().backward()
+    ref = logits.double().requires_grad_()
+    (_sinkhorn_reference(ref) * g.double()).sum().backward()
+    torch.testing.assert_close(leaf.grad.double(), ref.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_hyper_connection_custom_autograd_matches_plain_ops(monkeypatch, autocast):
+    # The eager path (hand-written backward for the stream passes) against the plain-op form
+    # that torch.compile fuses (autograd through ordinary ops): same outputs and gradients.
+    from dsv4.model import mhc
+    torch.manual_seed(0)
+    cfg = build_model("baseline", n_layers=1, hc_mult=4, dim=64).config
+    hc = HyperConnection(cfg)
+    with torch.no_grad():
+        hc.alpha.fill_(1.0)
+        hc.bias.normal_(0, 1.0)
+    lin = torch.nn.Linear(64, 64)
+    x0 = torch.randn(2, 8, 4, 64)
+    w = torch.randn(4, 64)
+
+    def run():
+        x = x0.clone().requires_grad_()
+        hc.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = hc(x, lin)
+        (y.float() * w).sum().backward()
+        return [y.detach(), x.grad, hc.phi.grad.clone(), hc.alpha.grad.clone(), hc.bias.grad.clone()]
+
+    eager = run()
+    monkeypatch.setattr(mhc, "_COMPILED", {"pre": mhc._stream_pre, "post": mhc._stream_post})
+    plain = run()
+    for a, b in zip(eager, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())

@@ -13,6 +13,12 @@ inference code does; the paper's H_res is comb^T. Forgetting the transpose is a 
 port bug. Sinkhorn and the RMS statistics run in fp32 whatever the autocast dtype; the
 residual mix runs in fp32 so that the stream keeps the precision of a plain residual.
 
+Speed (the stream is n times wider than a plain residual, so the cost is memory passes,
+not FLOPs): the three stream passes (RMS mix, pre-mix, post/res mix) and Sinkhorn each have
+a hand-written backward that touches the stream as few times as we can with stock ops;
+`set_compile(True)` (or DSV4_MHC_COMPILE=1) hands the stream passes to torch.compile
+instead, which fuses them further (benchmarks/mhc_overhead.py, README).
+
 n = 1 is not routed through this module at all: `make_residual` returns the plain
 `x + f(x)`, so the baseline is bit-for-bit the pre-norm transformer.
 
@@ -27,14 +33,62 @@ block then computes exactly x + F(x) up to the O(alpha) dynamic terms.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dsv4.config import ModelConfig
 
 ALPHA_INIT = 0.01  # mHC Table 5, "gating factor init"
+
+
+class _Sinkhorn(torch.autograd.Function):
+    """Sinkhorn in the [n(row), n(col), N] layout with a hand-written backward.
+
+    Autograd through the 40 unrolled normalisations costs ~20x the forward (a fresh
+    tensor per op); the exact reverse of each step m' = m / d, d = sum(m) + eps is one
+    line, dm = (dm' - sum(dm' * m')) / d, run in place. The forward writes the output of
+    every step into one preallocated buffer (~10 MB per 4096 tokens at n = 4).
+    """
+
+    @staticmethod
+    def forward(ctx, m, iters, eps):
+        p = torch.softmax(m, dim=1)  # row softmax (rows run over dim 0, entries over dim 1)
+        steps = torch.empty((2 * iters - 1, *m.shape), dtype=m.dtype, device=m.device)
+        denoms = []
+        m = p + eps
+        for k in range(2 * iters - 1):
+            d = m.sum(dim=k % 2, keepdim=True).add_(eps)  # col, then (row, col) rounds
+            m = torch.div(m, d, out=steps[k])
+            denoms.append(d)
+        ctx.save_for_backward(p, steps, *denoms)
+        return m.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        p, steps, *denoms = ctx.saved_tensors
+        g = g.contiguous().clone()
+        for k in range(len(denoms) - 1, -1, -1):
+            g.sub_((g * steps[k]).sum(dim=k % 2, keepdim=True)).div_(denoms[k])
+        g.sub_((g * p).sum(dim=1, keepdim=True)).mul_(p)  # softmax backward
+        return g, None, None
+
+
+_SMALL_BATCH = 256  # tokens; below this the launch count, not the memory traffic, dominates
+
+
+def _sinkhorn_small(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """No-grad Sinkhorn for [N, n, n] with few tokens: 2 ops per normalisation (~35% faster)."""
+    N, n = m.shape[0], m.shape[-1]
+    ones, ones_t = m.new_ones(N, n, 1), m.new_ones(N, 1, n)
+    e = m.new_full((1, 1, 1), eps)
+    m = torch.softmax(m, dim=-1).add_(eps)
+    m.div_(torch.baddbmm(e, ones_t, m))  # column sums + eps
+    for _ in range(iters - 1):
+        m.div_(torch.baddbmm(e, m, ones))  # row sums + eps
+        m.div_(torch.baddbmm(e, ones_t, m))
+    return m
 
 
 def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
@@ -47,32 +101,164 @@ def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.
 
     Computed in an [n, n, tokens] layout: the sums then run over outer axes with the long
     token axis contiguous inside, ~4x faster on CPU than reducing size-4 inner axes.
+    Without autograd the normalisations run in place; for a few tokens (decode) each one
+    is a single batched product with a ones vector plus eps (baddbmm) and a division.
     """
     shape = logits.shape
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        m = logits.float().reshape(-1, shape[-2], shape[-1]).permute(1, 2, 0)  # [n(row), n(col), N]
-        m = torch.softmax(m, dim=1) + eps
-        m = m / (m.sum(dim=0, keepdim=True) + eps)
-        for _ in range(iters - 1):
-            m = m / (m.sum(dim=1, keepdim=True) + eps)
-            m = m / (m.sum(dim=0, keepdim=True) + eps)
+        m = logits.float().reshape(-1, shape[-2], shape[-1])
+        if torch.is_grad_enabled() and m.requires_grad:
+            m = _Sinkhorn.apply(m.permute(1, 2, 0).contiguous(), iters, eps)  # [n(row), n(col), N]
+        elif m.shape[0] <= _SMALL_BATCH:
+            return _sinkhorn_small(m, iters, eps).reshape(shape)
+        else:
+            m = torch.softmax(m.permute(1, 2, 0), dim=1).add_(eps)
+            m.div_(m.sum(dim=0, keepdim=True).add_(eps))
+            for _ in range(iters - 1):
+                m.div_(m.sum(dim=1, keepdim=True).add_(eps))
+                m.div_(m.sum(dim=0, keepdim=True).add_(eps))
     return m.permute(2, 0, 1).reshape(shape)
 
 
-def _rms_mix(x: torch.Tensor, phi: torch.Tensor, norm_eps: float) -> torch.Tensor:
-    """phi(RMSNorm(vec(x))) for streams x [..., n, D] -> [..., out] in fp32.
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The matmul dtype autocast would pick (bf16 in our training steps), else x's own."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
-    The division by the RMS is moved after the matmul (mHC 4.3.1: mathematically equal,
-    one pass less over the nC-wide input); the RMS itself is computed in fp32. The
-    matmul follows autocast (bf16 on CPU/GPU training) -- its output is scaled by
-    alpha = O(0.01), far below bf16's relative error mattering.
+
+class _RMSMix(torch.autograd.Function):
+    """phi(RMSNorm(vec(x))) for flattened streams [N, nC] -> [N, out] fp32 (mHC eq. 7).
+
+    The division by the RMS is moved after the matmul (mHC 4.3.1: equal, one pass less
+    over the nC-wide input); the RMS is computed in fp32, the matmul in the autocast dtype
+    (its output is scaled by alpha = O(0.01)). The backward folds the RMS term into one
+    pass: d vec(x) = (g * rstd) phi - (sum(g * raw) rstd^3 / nC) vec(x).
+    """
+
+    @staticmethod
+    def forward(ctx, flat, phi, norm_eps, dtype):
+        ss = torch.linalg.vector_norm(flat, dim=-1, keepdim=True, dtype=torch.float32).square()
+        rstd = torch.rsqrt(ss / flat.shape[-1] + norm_eps)  # one read, no squared copy
+        low = flat.to(dtype)
+        raw = (low @ phi.to(dtype).t()).float()
+        ctx.save_for_backward(flat, low, phi, rstd, raw)
+        return raw * rstd
+
+    @staticmethod
+    def backward(ctx, g):
+        flat, low, phi, rstd, raw = ctx.saved_tensors
+        g_raw = g * rstd
+        coef = (g * raw).sum(-1, keepdim=True) * rstd.pow(3) / -flat.shape[-1]
+        g_flat = (g_raw.to(low.dtype) @ phi.to(low.dtype)).float().addcmul_(flat, coef)
+        g_phi = (g_raw.to(low.dtype).t() @ low).float()
+        return g_flat.to(flat.dtype), g_phi.to(phi.dtype), None, None
+
+
+class _PreMix(torch.autograd.Function):
+    """h = sum_j pre_j x_j: the sublayer input H_pre x, [N, n, C] -> [N, C] in fp32."""
+
+    @staticmethod
+    def forward(ctx, x, pre):
+        ctx.save_for_backward(x, pre)
+        # n strided multiply-adds beat a batched [1, n] x [n, C] product ~2.5x on CPU.
+        h = x[:, 0] * pre[:, :1]
+        for j in range(1, x.shape[1]):
+            h.addcmul_(x[:, j], pre[:, j:j + 1])
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        x, pre = ctx.saved_tensors
+        g = g.float()
+        g = g.unsqueeze(1)
+        return pre.unsqueeze(-1) * g, (x * g).sum(-1)
+
+
+class _PostRes(torch.autograd.Function):
+    """out_k = sum_j comb[j, k] x_j + post_k y: comb applied TRANSPOSED (= H_res), plus H_post^T F.
+
+    x [N, n, C] fp32, comb [N, n, n], post [N, n], y [N, C] -> [N, n, C] fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, comb, post, y):
+        ctx.save_for_backward(x, comb, post, y)
+        out = torch.bmm(comb.transpose(1, 2), x)
+        return out.addcmul_(post.unsqueeze(-1), y.unsqueeze(1).float())
+
+    @staticmethod
+    def backward(ctx, g):
+        x, comb, post, y = ctx.saved_tensors
+        g = g.contiguous()
+        # one product for both input grads: [comb; post^T] g -> rows 0..n-1 dx, row n dy
+        g_xy = torch.bmm(torch.cat([comb, post.unsqueeze(1)], dim=1), g)
+        g_comb = torch.bmm(x, g.transpose(1, 2))
+        g_post = (g * y.float().unsqueeze(1)).sum(-1)
+        n = x.shape[1]
+        return g_xy[:, :n], g_comb, g_post, g_xy[:, n].to(y.dtype)
+
+
+def _rms_mix(x: torch.Tensor, phi: torch.Tensor, norm_eps: float) -> torch.Tensor:
+    """phi(RMSNorm(vec(x))) for streams x [..., n, D] -> [..., out] in fp32."""
+    flat = x.reshape(-1, x.shape[-2] * x.shape[-1])
+    dtype = _compute_dtype(x)  # read before autocast is switched off below
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        mixes = _RMSMix.apply(flat.float(), phi, norm_eps, dtype)
+    return mixes.reshape(*x.shape[:-2], phi.shape[0])
+
+
+def _gates(mixes: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor, n: int, eps: float):
+    """Raw mixes [..., n^2 + 2n] -> (pre [..., n], post [..., n], comb logits [..., n, n]), mHC eq. 8."""
+    a, b = alpha.float(), bias.float()
+    pre = torch.sigmoid(mixes[..., :n] * a[0] + b[:n]) + eps
+    post = 2 * torch.sigmoid(mixes[..., n:2 * n] * a[1] + b[n:2 * n])
+    res = (mixes[..., 2 * n:] * a[2] + b[2 * n:]).unflatten(-1, (n, n))
+    return pre, post, res
+
+
+def _stream_pre(x, phi, alpha, bias, n: int, eps: float, norm_eps: float, dtype):
+    """Plain-op form of the pre-mix, for torch.compile to fuse: (h = H_pre x, post, comb logits).
+
+    Same maths as _RMSMix + _gates + _PreMix; inductor turns the RMS, the casts, the gates
+    and the n-term sum into a few loops over the stream (forward and backward).
     """
     flat = x.flatten(-2)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        ms = torch.linalg.vector_norm(flat.float(), dim=-1, keepdim=True).square() / flat.shape[-1]
-        rstd = torch.rsqrt(ms + norm_eps)
-    mixes = F.linear(flat, phi.to(flat.dtype))
-    return mixes.float() * rstd
+    rstd = torch.rsqrt(flat.float().square().mean(-1, keepdim=True) + norm_eps)
+    mixes = (flat.to(dtype) @ phi.to(dtype).t()).float() * rstd
+    pre, post, res = _gates(mixes, alpha, bias, n, eps)
+    h = pre[..., 0:1] * x[..., 0, :].float()
+    for j in range(1, n):
+        h = h + pre[..., j:j + 1] * x[..., j, :].float()
+    return h, post, res
+
+
+def _stream_post(x, comb, post, y):
+    """Plain-op form of _PostRes (comb applied transposed), for torch.compile to fuse."""
+    out = post.unsqueeze(-1) * y.unsqueeze(-2).float()
+    for j in range(x.shape[-2]):
+        out = out + comb[..., j, :, None] * x[..., j, None, :].float()
+    return out.to(x.dtype)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def set_compile(enabled: bool) -> None:
+    """Run the stream mixing of every HyperConnection through torch.compile (opt-in).
+
+    Inductor fuses the passes over the n-times-wider stream into a few C++/Triton loops
+    (~3x less time per hyper-connection on CPU). Off by default: compiling costs ~10-30 s
+    per shape, too much for tests and short runs. Also on with DSV4_MHC_COMPILE=1.
+    """
+    _COMPILED.clear()
+    if enabled:
+        _COMPILED["pre"] = torch.compile(_stream_pre)
+        _COMPILED["post"] = torch.compile(_stream_post)
+
+
+if os.environ.get("DSV4_MHC_COMPILE") == "1":
+    set_compile(True)
 
 
 class HyperConnection(nn.Module):
@@ -104,29 +290,41 @@ class HyperConnection(nn.Module):
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pre [..., n], post [..., n], comb [..., n, n]) in fp32 for streams x [..., n, D]."""
-        n = self.n
         mixes = _rms_mix(x, self.phi, self.norm_eps)
-        a = self.alpha.float()
-        b = self.bias.float()
-        pre = torch.sigmoid(mixes[..., :n] * a[0] + b[:n]) + self.eps  # mHC eq. 8
-        post = 2 * torch.sigmoid(mixes[..., n:2 * n] * a[1] + b[n:2 * n])
-        res = (mixes[..., 2 * n:] * a[2] + b[2 * n:]).unflatten(-1, (n, n))
-        comb = res if self.unconstrained else sinkhorn(res, self.iters, self.eps)
-        return pre, post, comb
+        pre, post, res = _gates(mixes, self.alpha, self.bias, self.n, self.eps)
+        return pre, post, self._project(res)
+
+    def _project(self, res: torch.Tensor) -> torch.Tensor:
+        return res if self.unconstrained else sinkhorn(res, self.iters, self.eps)
 
     def forward(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
+        if _COMPILED:
+            return self._forward_compiled(x, sublayer, ctx)
         pre, post, comb = self.coefficients(x)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb[0].detach())  # first sequence only: diagnostics
+        lead, (n, d) = x.shape[:-2], x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # One batched product applies both maps: row 0 is H_pre x (the sublayer
-            # input), rows 1..n are sum_j comb[j, k] x_j -- comb TRANSPOSED (= H_res).
-            maps = torch.cat([pre.unsqueeze(-2), comb.transpose(-1, -2)], dim=-2)  # [..., n+1, n]
-            h, mixed = torch.matmul(maps, x.float()).split([1, self.n], dim=-2)
-        y = sublayer(h.squeeze(-2).to(x.dtype))
+            xs = x.float().reshape(-1, n, d).contiguous()  # the expanded embedding has stride 0
+            h = _PreMix.apply(xs, pre.reshape(-1, n))
+        y = sublayer(h.reshape(*lead, d).to(x.dtype))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = torch.addcmul(mixed, post.unsqueeze(-1), y.float().unsqueeze(-2))  # + H_post^T F
-        return out.to(x.dtype)
+            comb = comb.reshape(-1, n, n).contiguous()  # bmm on strided batches is ~10x slower
+            out = _PostRes.apply(xs, comb, post.reshape(-1, n), y.reshape(-1, d))
+        return out.reshape(x.shape).to(x.dtype)
+
+
+    def _forward_compiled(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
+        dtype = _compute_dtype(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h, post, res = _COMPILED["pre"](x, self.phi, self.alpha, self.bias, self.n, self.eps,
+                                            self.norm_eps, dtype)
+            comb = self._project(res)  # Sinkhorn stays eager: its own backward is already cheap
+        if ctx is not None and getattr(ctx, "hc_record", None) is not None:
+            ctx.hc_record.append(comb[0].detach())
+        y = sublayer(h.to(x.dtype))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return _COMPILED["post"](x, comb, post, y)
 
 
 class PlainResidual(nn.Module):
@@ -171,5 +369,5 @@ class HyperHead(nn.Module):
         mixes = _rms_mix(x, self.phi, self.norm_eps)
         w = torch.sigmoid(mixes * self.alpha.float() + self.bias.float()) + self.eps
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = (w.unsqueeze(-1) * x.float()).sum(-2)
-        return out.to(x.dtype)
+            out = _PreMix.apply(x.float().reshape(-1, *x.shape[-2:]), w.reshape(-1, self.n))  # sum_j w_j x_j
+        return out.reshape(*x.shape[:-2], x.shape[-1]).to(x.dtype)
