@@ -19,11 +19,18 @@ V4 switches (names as in DeepSeek's config; facts from its V4 inference code):
     A query at t sees compressed entry i iff its block is complete: (i+1) r <= t+1.
 
 Computation (training / prefill): queries are cut into chunks of C >= window tokens; a
-chunk attends to its own and the previous chunk's raw keys (window mask) plus all
-compressed entries (causal / top-k mask); one fp32 softmax over [raw | compressed | sink].
-Masks are built once per forward and shared by all layers through `ctx.attn_cache`.
-The compressed part is a dense masked product (cost T*N), which is what the CSA == dense
-test relies on; a gather kernel would only pay off at top-k << N.
+chunk attends to its own and the previous chunk's raw keys (window mask) plus the
+compressed entries; one fp32 softmax over [raw | compressed | sink]. HCA and the dense
+indexer stage use all N entries under the causal block mask; the sparse stage gathers
+each query's k selected columns (softmax width 2C + k + 1) and scatters the weights back
+for the value product. Masks are built once per forward and shared by all layers through
+`ctx.attn_cache`. Costs: window O(T*2C), compressed O(T*N) for the q.k products.
+
+Cached decoding (later, inference engine) reuses the same pieces: raw K=V ring buffer of
+the last window_size tokens; `Compressor.project` per new token, `Compressor.pool` +
+`finish` when a block completes (carrying the previous block's Ca half for r = 4);
+compressed entries and indexer keys appended per block; `Indexer.scores` + `topk_select`
+over the cached index keys with `compressed_visible` for the new positions.
 
 Indexer training (DSA, V3.2): `set_indexer_stage(model, "dense" | "sparse")`.
 "dense": the main attention reads all complete blocks; "sparse" (default): only the
@@ -46,7 +53,7 @@ from torch import nn
 
 from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
-from dsv4.model.indexer import Indexer, indexer_kl, topk_select
+from dsv4.model.indexer import Indexer, indexer_kl, topk_indices
 from dsv4.model.norm import RMSNorm
 from dsv4.model.rope import apply_rope, rope_frequencies
 
@@ -192,28 +199,32 @@ class Attention(nn.Module):
         return self._output(out)
 
     # ---- compressed entries and their mask ---------------------------------------------------
-    def _compressed(self, x, qr, freqs, ctx):
-        """(entries [B, N, D], allowed [B|1, T, N] bool, KL inputs or None)."""
+    def _compressed(self, x, qr, freqs, ctx) -> dict:
+        """Compressed entries and which of them each query reads.
+
+        Returns entries [B, N, D] and either `allowed` [B|1, T, N] (dense: HCA, or the
+        dense indexer stage) or `idx`, `ok` [B, T, k] (sparse: the top-k block ids and
+        whether each pick is a real, causally visible block); `scores` [B, T, N] (the
+        index scores) when the KL loss is wanted."""
         B, T, _ = x.shape
         r = self.ratio
         n = T // r
-        entries = self.compressor(x, freqs[::r])
+        out = {"entries": self.compressor(x, freqs[::r])}
         visible = _cached(ctx, ("visible", T, r, x.device),
                           lambda: compressed_visible(torch.arange(T, device=x.device), n, r))
-        if self.indexer is None:
-            return entries, visible.unsqueeze(0), None
-        want_kl = self.training and torch.is_grad_enabled()
-        sparse = self.indexer_stage == "sparse"
-        if not (sparse or want_kl):
-            return entries, visible.unsqueeze(0), None
-        xd, qd = x.detach(), qr.detach()  # the indexer learns only from its KL loss
-        keys = self.indexer.compressor(xd, freqs[::r])
-        scores = self.indexer.scores(xd, qd, keys, freqs)
+        want_kl = self.indexer is not None and self.training and torch.is_grad_enabled()
+        sparse = self.indexer is not None and self.indexer_stage == "sparse"
+        if sparse or want_kl:
+            xd, qd = x.detach(), qr.detach()  # the indexer learns only from its KL loss
+            keys = self.indexer.compressor(xd, freqs[::r])
+            scores = self.indexer.scores(xd, qd, keys, freqs)
+            if want_kl:
+                out["scores"] = scores
         if sparse:
-            allowed = topk_select(scores, visible, self.indexer.topk)
+            out["idx"], out["ok"] = topk_indices(scores, visible, self.indexer.topk)
         else:
-            allowed = visible.unsqueeze(0).expand(B, -1, -1)
-        return entries, allowed, (scores, allowed) if want_kl else None
+            out["allowed"] = visible.unsqueeze(0)
+        return out
 
     # ---- window + compressed + sink attention ---------------------------------------------------
     def _hybrid(self, x, q, qr, k, v, freqs, ctx) -> torch.Tensor:
@@ -231,6 +242,10 @@ class Attention(nn.Module):
             t = F.pad(t, (0, 0, C, Tp - T))  # one empty chunk in front, tail padding
             return t.unfold(2, 2 * C, C).transpose(-1, -2)
 
+        def rows(t: torch.Tensor) -> torch.Tensor:  # per-query [B, T, *] -> [B, nc, 1, C, *]
+            t = F.pad(t, (0, 0, 0, Tp - T))
+            return t.view(t.shape[0], nc, 1, C, -1)
+
         # queries: [B, T, H, D] -> [B, G, nc, Hg*C, D], rows ordered (head, position)
         qc = F.pad(q, (0, 0, 0, 0, 0, Tp - T)).view(B, nc, C, G, Hg, D).permute(0, 3, 1, 4, 2, 5)
         qc = qc.reshape(B, G, nc, Hg * C, D)
@@ -239,13 +254,18 @@ class Attention(nn.Module):
         scores = torch.matmul(qc, kc.transpose(-1, -2)).float()  # [B, G, nc, Hg*C, Kr]
         Kr = scores.shape[-1]
         mask = raw_mask.view(1, 1, nc, 1, C, Kr)
-        kl_in = None
-        if self.compressor is not None and T >= self.ratio:
-            entries, allowed, kl_in = self._compressed(x, qr, freqs, ctx)
-            ent = entries.to(qc.dtype)  # G == 1 here (shared_kv)
-            s_cmp = torch.matmul(qc.reshape(B, -1, D), ent.transpose(1, 2)).float()
-            scores = torch.cat([scores, s_cmp.view(B, 1, nc, Hg * C, -1)], dim=-1)
-            allowed = F.pad(allowed, (0, 0, 0, Tp - T)).view(allowed.shape[0], 1, nc, 1, C, -1)
+        comp = None
+        if self.compressor is not None and T >= self.ratio:  # (G == 1: shared_kv)
+            comp = self._compressed(x, qr, freqs, ctx)
+            ent = comp["entries"].to(qc.dtype)
+            s_cmp = torch.matmul(qc.reshape(B, -1, D), ent.transpose(1, 2)).view(B, nc, Hg, C, -1)
+            if "idx" in comp:  # sparse: keep only the top-k columns of each query
+                sel = rows(comp["idx"]).expand(-1, -1, Hg, -1, -1)
+                s_cmp = s_cmp.gather(-1, sel)
+                allowed = rows(comp["ok"]).unsqueeze(1)
+            else:
+                allowed = rows(comp["allowed"]).unsqueeze(1)
+            scores = torch.cat([scores, s_cmp.float().view(B, 1, nc, Hg * C, -1)], dim=-1)
             mask = torch.cat([mask.expand(allowed.shape[0], -1, -1, -1, -1, -1), allowed], dim=-1)
         K = scores.shape[-1]
         scores = (scores * self.softmax_scale).view(B, G, nc, Hg, C, K).masked_fill(~mask, float("-inf"))
@@ -254,14 +274,21 @@ class Attention(nn.Module):
             probs = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :K]
         else:
             probs = scores.softmax(dim=-1)
-        probs = probs.view(B, G, nc, Hg * C, K)
         pv = probs.to(vc.dtype)
-        out = torch.matmul(pv[..., :Kr], vc)  # [B, G, nc, Hg*C, D]
-        if K > Kr:
-            out = out + torch.matmul(pv[..., Kr:].reshape(B, -1, K - Kr), ent).view_as(out)
-        if kl_in is not None:
-            mass = probs[..., Kr:].detach().view(B, nc, Hg, C, -1).sum(2).reshape(B, Tp, -1)[:, :T]
-            self._add_indexer_loss(ctx, indexer_kl(mass, kl_in[0], kl_in[1]))
+        out = torch.matmul(pv[..., :Kr].reshape(B, G, nc, Hg * C, Kr), vc)  # [B, G, nc, Hg*C, D]
+        if comp is not None:
+            p_cmp = pv[..., Kr:]  # [B, 1, nc, Hg, C, k or N]
+            if "idx" in comp:  # scatter the k weights back to block ids: one matmul, cheap backward
+                p_cmp = p_cmp.new_zeros(B, nc, Hg, C, ent.shape[1]).scatter_(-1, sel, p_cmp.squeeze(1))
+            o_cmp = torch.matmul(p_cmp.reshape(B, nc * Hg * C, -1), ent)
+            out = out + o_cmp.reshape(out.shape)
+            if "scores" in comp:
+                mass = probs[..., Kr:].detach().sum(3).reshape(B, Tp, -1)[:, :T]  # summed over heads
+                if "idx" in comp:
+                    self._add_indexer_loss(ctx, indexer_kl(mass, comp["scores"].gather(-1, comp["idx"]),
+                                                           comp["ok"]))
+                else:
+                    self._add_indexer_loss(ctx, indexer_kl(mass, comp["scores"], comp["allowed"]))
         out = out.view(B, G, nc, Hg, C, D).permute(0, 2, 4, 1, 3, 5).reshape(B, Tp, H, D)
         return out[:, :T]
 

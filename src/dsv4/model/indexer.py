@@ -46,21 +46,47 @@ class Indexer(nn.Module):
         against compressed index keys [B, N, index_head_dim]."""
         B, T, _ = x.shape
         q = apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs)
-        w = self.weights_proj(x).float() * self.weight_scale  # [B, T, H]
+        w = self.weights_proj(x) * self.weight_scale  # [B, T, H]
         dots = torch.matmul(q.reshape(B, T * self.n_heads, self.head_dim), keys.to(q.dtype).transpose(1, 2))
-        dots = dots.float().relu().view(B, T, self.n_heads, -1)
-        return (dots * w.unsqueeze(-1)).sum(dim=2)
+        dots = dots.relu_().view(B, T, self.n_heads, -1)
+        # the head-weighted sum as a matmul: no [B, T, H, N] temporary (DeepSeek also scores in bf16)
+        return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
+
+
+@torch.no_grad()
+def tie_broken_keys(scores: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like the scores (invisible blocks: -inf), equal scores ordered
+    earliest block first.
+
+    Ties are common (ReLU makes many scores exactly 0; bf16 rounds others together) and
+    topk's own tie-break could depend on N, i.e. on how many tokens follow in the same
+    forward: a cached decoder would then read other blocks than a full recompute. Key =
+    (order-preserving int32 image of the fp32 score) * 2^32 + (N-1-index), so a topk on the
+    keys is a stable descending sort's first k. In place where possible: big int64
+    temporaries cost more than the arithmetic."""
+    f = scores.detach().float().masked_fill(~visible, float("-inf"))
+    f.add_(0.0)  # -0.0 -> +0.0, so that both zeros tie
+    bits = f.view(torch.int32)
+    bits ^= (bits >> 31) & 0x7FFFFFFF  # negative floats: flip the magnitude bits -> monotone ints
+    keys = bits.to(torch.int64)
+    keys <<= 32
+    n = scores.shape[-1]
+    return keys.bitwise_or_(torch.arange(n - 1, -1, -1, device=scores.device))
+
+
+def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, T, k'], ok [B, T, k']) with k' = min(k, N): the highest-scoring visible blocks
+    (ties: earliest first), and whether each pick is a real, causally visible block (False
+    where fewer than k are complete yet)."""
+    k = min(k, scores.shape[-1])
+    idx = tie_broken_keys(scores, visible).topk(k, dim=-1).indices
+    return idx, visible.expand_as(scores).gather(-1, idx)
 
 
 def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
     """Bool [B, T, N]: the top-k causally visible blocks per query (fewer if fewer are visible)."""
-    n = scores.shape[-1]
-    if k >= n:
-        return visible.expand_as(scores).clone()
-    masked = scores.masked_fill(~visible, float("-inf"))
-    idx = masked.topk(k, dim=-1).indices
-    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
-    return chosen & visible  # picks that landed on -inf (too few visible blocks) are dropped
+    idx, ok = topk_indices(scores, visible, k)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, ok)
 
 
 def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -73,12 +99,10 @@ def indexer_kl(attn_mass: torch.Tensor, scores: torch.Tensor, candidates: torch.
     p = attn_mass.detach().float() * candidates
     total = p.sum(-1, keepdim=True)
     valid = candidates.any(-1) & (total.squeeze(-1) > 0)
-    if not bool(valid.any()):
-        return scores.sum() * 0.0
     target = p / total.clamp_min(1e-30)
     # rows without candidates get finite dummy logits so log_softmax never sees an all -inf row
     logits = scores.float().masked_fill(~candidates, float("-inf")).masked_fill(~valid.unsqueeze(-1), 0.0)
     logq = F.log_softmax(logits, dim=-1)
     per_entry = torch.xlogy(target, target) - target * logq.masked_fill(~candidates, 0.0)
     per_entry = torch.where(candidates, per_entry, 0.0)
-    return per_entry.sum(-1)[valid].mean()
+    return (per_entry.sum(-1) * valid).sum() / valid.sum().clamp_min(1)  # 0 when no query has candidates

@@ -83,15 +83,18 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor, inverse: bool = False) -> t
 
     `inverse=True` applies the conjugate rotation (V4 un-rotates the rope dims of the
     attention output so that the output carries no absolute position). Computed in fp32
-    and cast back to x's dtype.
+    and cast back to x's dtype, with real arithmetic on (even, odd) pairs — the complex
+    product written out, so that torch.compile/inductor can fuse it (no complex kernels).
     """
     rd = freqs.shape[-1] * 2
     head, tail = x[..., : x.shape[-1] - rd], x[..., x.shape[-1] - rd:]
-    f = freqs.conj() if inverse else freqs
-    shape = tail.shape
-    t = torch.view_as_complex(tail.float().reshape(*shape[:-1], rd // 2, 2))
-    t = t * f.view(*([1] * (t.dim() - 3)), f.shape[0], 1, f.shape[1])
-    t = torch.view_as_real(t).reshape(shape).to(x.dtype)
+    f = torch.view_as_real(freqs)  # [T, r/2, 2] = (cos, sin)
+    cos, sin = f[..., 0].unsqueeze(-2), f[..., 1].unsqueeze(-2)  # [T, 1, r/2]: broadcast over heads
+    if inverse:
+        sin = -sin
+    t = tail.float().unflatten(-1, (rd // 2, 2))
+    even, odd = t[..., 0], t[..., 1]
+    t = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).to(x.dtype)
     return torch.cat([head, t], dim=-1) if head.shape[-1] else t
 
 
