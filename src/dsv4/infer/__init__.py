@@ -1,0 +1,1 @@
+"""Inference: sampling (and, later, caches, the batched engine and speculative decoding)."""
