@@ -18,8 +18,9 @@ equal the rows the forward computes, and rows written by the optimizer after the
 began are re-read (engram_store.TableStore). Memory stores in dense mode are skipped
 (F.embedding reads the parameter in place).
 
-`prefetch_batches(model, batches)` wraps a batch iterator for training loops: it submits
-batch i+1 when it yields batch i.
+`prefetch_batches(prefetcher, batches)` wraps a batch iterator for training loops: it
+submits batch i+1 when it yields batch i; `peek_batch(loader)` reads a resumable loader's
+next batch without consuming it (what the pretraining loop uses).
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ class EngramPrefetcher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def peek_batch(loader):
+    """The batch `loader.next_batch()` will return next, without consuming it (a loader with
+    state_dict/load_state_dict, like dsv4.train.loader.TokenLoader): resume stays exact."""
+    state = loader.state_dict()
+    batch = loader.next_batch()
+    loader.load_state_dict(state)
+    return batch
 
 
 def prefetch_batches(prefetcher: EngramPrefetcher, batches: Iterable) -> Iterator:
