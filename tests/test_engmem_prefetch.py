@@ -67,7 +67,8 @@ def test_prefetch_for_prompt_then_each_new_token(tmp_path):
     ids = torch.randint(0, 2048, (2, 20))
     with EngramPrefetcher(mm) as pf, torch.no_grad():
         pf.submit(ids[:, :12])  # the prompt
-        assert torch.equal(eng.retrieve(eng.addresses(ids[:, :12])), eng_m.retrieve(eng_m.addresses(ids[:, :12])))
+        prompt_rows = eng.addresses(ids[:, :12])
+        assert torch.equal(eng.retrieve(prompt_rows), eng_m.retrieve(prompt_rows))
         for t in range(12, 20):  # each new token, hashed with its prefix
             new, prefix = ids[:, t:t + 1], ids[:, :t]
             pf.submit(new, prefix_ids=prefix)

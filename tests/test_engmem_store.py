@@ -158,4 +158,5 @@ def test_hot_cache_zipfian_hit_rate_and_write_through(tmp_path):
     rate = store.cache.hit_rate
     assert rate > 0.5, rate  # 4% of the rows serve most lookups (Zipf)
     stats = engram_memory_stats(torch.nn.ModuleDict({"t": store}))
-    assert stats["engram_cache_hit_rate"] == rate and stats["engram_rows_from_tier"] < stats["engram_rows_read"]
+    assert stats["engram_cache_hit_rate"] == rate
+    assert stats["engram_rows_from_tier"] < stats["engram_rows_read"]

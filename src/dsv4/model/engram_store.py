@@ -138,7 +138,10 @@ class TableStore(nn.Module):
             self._staged.append(st)
             while len(self._staged) > 4:  # guesses nobody used
                 self._staged.popleft().closed = True
-        st.future = executor.submit(self._gather, st.rows) if executor is not None else _done(self._gather(st.rows))
+        if executor is not None:
+            st.future = executor.submit(self._gather, st.rows)
+        else:
+            st.future = _done(self._gather(st.rows))
 
     def _gather(self, rows: torch.Tensor):
         u, inv = torch.unique(rows.reshape(-1), return_inverse=True)
@@ -306,7 +309,8 @@ class MmapStore(TableStore):
     weight = storage
 
     def new_state_table(self, suffix: str, dim: int, dtype: torch.dtype) -> torch.Tensor:
-        f = TableFile(self.file.path.with_name(self.file.path.name + suffix), self.rows, dim, dtype, fresh=True)
+        path = self.file.path.with_name(self.file.path.name + suffix)
+        f = TableFile(path, self.rows, dim, dtype, fresh=True)
         f.mark_complete()
         self._state_files = getattr(self, "_state_files", []) + [f]
         return f.tensor

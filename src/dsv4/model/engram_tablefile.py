@@ -132,7 +132,9 @@ class TableFile:
         nbytes = self.dim * self.dtype.itemsize
         start = rows.long() * nbytes
         first, last = start // PAGE, (start + nbytes - 1) // PAGE
-        pages = torch.cat([torch.arange(int(a), int(b) + 1) for a, b in zip(first, last)]) if len(rows) else first
+        span = -(-nbytes // PAGE) + 1  # a row covers at most this many pages
+        pages = [first + k for k in range(span)]
+        pages = torch.cat([p[p <= last] for p in pages])
         return np.unique(pages.numpy())
 
     def drop_page_cache(self) -> None:
