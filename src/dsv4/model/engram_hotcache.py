@@ -25,12 +25,26 @@ class HotRowCache:
         self.clear()
 
     def clear(self) -> None:
+        # Slots are allocated as they fill (a cache that never fills costs only what it holds).
         self.slot_keys = torch.empty(0, dtype=torch.long)
         self.vals = torch.empty(0, self.dim, dtype=self.dtype)
         self.score = torch.empty(0)
+        self.used = 0
         self._sorted_keys = torch.empty(0, dtype=torch.long)
         self._sorted_slots = torch.empty(0, dtype=torch.long)
         self.lookups = self.hits = self._calls = 0
+
+    def _grow(self, need: int) -> None:
+        """Room for `need` slots: capacity doubles (amortised O(1) per admitted row)."""
+        size = min(self.capacity, max(need, 2 * len(self.slot_keys), 1024))
+        if size <= len(self.slot_keys):
+            return
+        n = self.used
+        keys, vals, score = self.slot_keys, self.vals, self.score
+        self.slot_keys = torch.full((size,), -1, dtype=torch.long)
+        self.vals = torch.zeros(size, self.dim, dtype=self.dtype)
+        self.score = torch.zeros(size)
+        self.slot_keys[:n], self.vals[:n], self.score[:n] = keys[:n], vals[:n], score[:n]
 
     @property
     def nbytes(self) -> int:
@@ -63,21 +77,21 @@ class HotRowCache:
         """Offer missed rows u (not cached) with their values v."""
         if self.capacity <= 0 or not len(u):
             return
-        room = self.capacity - len(self.slot_keys)
-        if room > 0:
-            take = min(room, len(u))
-            self.slot_keys = torch.cat([self.slot_keys, u[:take]])
-            self.vals = torch.cat([self.vals, v[:take].to(self.dtype)])
-            self.score = torch.cat([self.score, torch.zeros(take)])
+        take = min(self.capacity - self.used, len(u))
+        if take > 0:
+            self._grow(self.used + take)
+            a, b = self.used, self.used + take
+            self.slot_keys[a:b], self.vals[a:b], self.score[a:b] = u[:take], v[:take].to(self.dtype), 0.0
+            self.used = b
             u, v = u[take:], v[take:]
         if len(u):
-            cold = torch.nonzero(self.score < 1).squeeze(1)
+            cold = torch.nonzero(self.score[: self.used] < 1).squeeze(1)
             cold = cold[torch.argsort(self.score[cold], stable=True)][: len(u)]
             n = len(cold)
             self.slot_keys[cold] = u[:n]
             self.vals[cold] = v[:n].to(self.dtype)
             self.score[cold] = 0.0
-        self._sorted_keys, self._sorted_slots = torch.sort(self.slot_keys)
+        self._sorted_keys, self._sorted_slots = torch.sort(self.slot_keys[: self.used])
 
     def update(self, u: torch.Tensor, v: torch.Tensor) -> None:
         """Write-through: refresh the cached copies of rows u (others are ignored)."""

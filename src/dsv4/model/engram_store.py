@@ -126,7 +126,7 @@ class TableStore(nn.Module):
     def stats(self) -> dict[str, float]:
         out = {k: float(v) for k, v in self.counters.items()}
         if self.cache is not None:
-            out.update(cache_hit_rate=self.cache.hit_rate, cache_rows=float(len(self.cache.slot_keys)),
+            out.update(cache_hit_rate=self.cache.hit_rate, cache_rows=float(self.cache.used),
                        cache_bytes=float(self.cache.nbytes))
         return out
 
