@@ -155,7 +155,7 @@ def run_point(share, seed, a, tok, train, val) -> dict:
                 losses.append(model.loss(x, y)[1]["lm_loss"])
     return dict(share=share, seed=seed, val_loss=round(float(np.mean(losses)), 4),
                 train_loss_last=round(stats["lm_loss"], 4), train_s=round(train_s, 1),
-                engram_gate=round(stats.get("engram_gate_l1", float("nan")), 3),
+                engram_gate=round(stats["engram_gate_l1"], 3) if "engram_gate_l1" in stats else None,
                 n_routed_experts=model.config.n_routed_experts,
                 engram_vocab_size=model.config.engram_vocab_size, params=counts)
 
@@ -181,22 +181,30 @@ def main() -> None:
     # takes ~10x longer than with one.
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results" / "engram_sweep.json"))
+    ap.add_argument("--resume", action="store_true", help="keep the (share, seed) points already in --out")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     tok, train, val = tokenize(a.vocab, a.corpus_bytes)
     print(f"corpus: {len(train)} train / {len(val)} val tokens ({time.perf_counter() - t0:.0f}s)", flush=True)
     points = []
+    if a.resume and Path(a.out).exists():
+        points = json.loads(Path(a.out).read_text())["points"]
+    done = {(p["share"], p["seed"]) for p in points}
     for seed in a.seeds:
         for share in a.shares:
+            if (share, seed) in done:
+                continue
             p = run_point(share, seed, a, tok, train, val)
             points.append(p)
             print(json.dumps(p), flush=True)
     from dsv4.model.engram_hash import compression_map
     cmap_size = int(compression_map(tok, a.vocab).max()) + 1
-    by_share = {s: [p["val_loss"] for p in points if p["share"] == s] for s in a.shares}
+    shares = sorted({p["share"] for p in points})
+    by_share = {s: [p["val_loss"] for p in points if p["share"] == s] for s in shares}
     summary = {str(s): round(float(np.mean(v)), 4) for s, v in by_share.items()}
-    out = dict(benchmark="engram_sweep", args=vars(a), train_tokens=int(len(train)), val_tokens=int(len(val)),
+    out = dict(benchmark="engram_sweep", args=vars(a), seeds=sorted({p["seed"] for p in points}),
+               train_tokens=int(len(train)), val_tokens=int(len(val)),
                compressed_vocab=cmap_size, vocab=a.vocab, points=points, mean_val_loss_by_share=summary,
                best_share=float(min(summary, key=summary.get)), threads=torch.get_num_threads(),
                wall_s=round(time.perf_counter() - t0, 1))

@@ -18,6 +18,9 @@ from dsv4.model.engram_hash import (
 )
 from dsv4.model.transformer import ForwardContext
 
+# Every switch off except what a test turns on (the `tiny` preset has all components on).
+SMALL = dict(vocab_size=2048, dim=64, n_layers=2, n_heads=2, head_dim=32, max_seq_len=128)
+
 ENGRAM = dict(engram_layer_ids=[0, 1], engram_vocab_size=211, engram_dim=48, engram_n_heads=4,
               engram_ngram_orders=[2, 3])
 
@@ -42,7 +45,7 @@ def _ctx(ids):
 
 
 def _engram(layer_id=0, **over):
-    cfg = make_config("tiny", **{**ENGRAM, **over})
+    cfg = make_config("baseline", **{**SMALL, **ENGRAM, **over})
     torch.manual_seed(0)
     return cfg, Engram(cfg, layer_id)
 
@@ -62,12 +65,12 @@ def test_compression_merges_case_accent_whitespace_variants():
 
 
 def test_set_engram_tokenizer_fills_buffers_and_checkpoint_reproduces_them():
-    model = build_model("tiny", **ENGRAM)
+    model = build_model("baseline", **SMALL, **ENGRAM)
     n = model.set_engram_tokenizer(FakeTokenizer(PIECES))
     assert n == 2048 - 6
     cmap = model.layers[0].engram.compress.clone()
     assert torch.equal(cmap, model.layers[1].engram.compress) and cmap[1] == cmap[0]
-    fresh = build_model("tiny", **ENGRAM)
+    fresh = build_model("baseline", **SMALL, **ENGRAM)
     assert not torch.equal(fresh.layers[0].engram.compress, cmap)  # identity before
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(fresh.layers[0].engram.compress, cmap)
@@ -129,7 +132,7 @@ def test_short_conv_is_zero_initialised_so_y_equals_u():
     u = torch.randn(2, 9, 1, cfg.dim)
     assert torch.count_nonzero(eng._short_conv(u)) == 0
     # survives the model's generic init
-    model = build_model("tiny", **ENGRAM)
+    model = build_model("baseline", **SMALL, **ENGRAM)
     assert torch.count_nonzero(model.layers[0].engram.conv_weight) == 0
 
 
@@ -171,7 +174,7 @@ def test_gate_per_branch_with_shared_value():
 
 def test_model_with_engram_trains_and_tables_get_the_engram_group():
     torch.manual_seed(0)
-    model = build_model("tiny", **ENGRAM)
+    model = build_model("baseline", **SMALL, **ENGRAM)
     groups = model.optim_groups()
     assert sorted(n for n, _ in groups["engram"]) == ["layers.0.engram.table.weight",
                                                         "layers.1.engram.table.weight"]
@@ -192,7 +195,7 @@ def test_model_with_engram_trains_and_tables_get_the_engram_group():
 
 def test_model_with_engram_and_moe_is_causal():
     torch.manual_seed(0)
-    model = build_model("tiny", n_routed_experts=4, n_hash_layers=1, **ENGRAM).eval()
+    model = build_model("baseline", **SMALL, n_routed_experts=4, n_hash_layers=1, **ENGRAM).eval()
     with torch.no_grad():
         for layer in model.layers:
             layer.engram.conv_weight.normal_(0, 0.5)

@@ -154,6 +154,11 @@ def test_amax_gain_orientation_and_composition():
     fwd, bwd = amax_gain_profile([2 * eye] * 5)
     assert fwd.tolist() == pytest.approx([32, 16, 8, 4, 2]) and bwd.tolist() == pytest.approx(fwd.tolist())
     assert amax_gain_stats([2 * eye] * 5)["mhc_amax_fwd"] == pytest.approx(32)
+    # computed in fp32 even when the training step runs under bf16 autocast
+    near = torch.eye(2).expand(T, 2, 2) * (1 + 1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fwd, _ = amax_gain_profile([near] * 10)
+    assert fwd[0].item() == pytest.approx((1 + 1e-3) ** 10, rel=1e-5)
 
 
 def test_training_stats_report_the_composite_gain():

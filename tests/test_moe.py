@@ -10,10 +10,13 @@ from dsv4.model.ffn import FeedForward, swiglu
 from dsv4.model.moe import MoE, hash_routing_table
 from dsv4.model.transformer import ForwardContext
 
+# Every switch off except what a test turns on (the `tiny` preset has all components on).
+SMALL = dict(vocab_size=2048, dim=64, n_layers=2, n_heads=2, head_dim=32, max_seq_len=128)
+
 
 def _moe(layer_id=1, **over):
     base = dict(dim=32, n_routed_experts=6, n_activated_experts=2, moe_inter_dim=24, n_hash_layers=1)
-    cfg = make_config("tiny", **{**base, **over})
+    cfg = make_config("baseline", **{**SMALL, **base, **over})
     torch.manual_seed(0)
     moe = MoE(cfg, layer_id)
     for p in moe.parameters():  # init_std 0.02 makes outputs tiny; use O(1) weights for the comparison
@@ -132,16 +135,17 @@ def test_load_counted_only_in_training_and_bias_is_checkpointed():
     moe.train()
     moe(x, _ctx(torch.zeros(1, 10, dtype=torch.long)))
     assert moe.gate.load.sum() == 10 * cfg.n_activated_experts
-    sd = build_model("tiny", n_routed_experts=4, n_hash_layers=1).state_dict()
+    sd = build_model("baseline", **SMALL, n_routed_experts=4, n_hash_layers=1).state_dict()
     assert "layers.1.ffn.gate.bias" in sd and "layers.0.ffn.gate.tid2eid" in sd
     assert not any(k.endswith("gate.load") for k in sd)
 
 
 def test_block_uses_moe_switch_and_model_is_causal():
-    dense = build_model("tiny")
+    dense = build_model("baseline", **SMALL)
     assert isinstance(dense.layers[0].ffn, FeedForward)
     torch.manual_seed(0)
-    model = build_model("tiny", n_routed_experts=4, n_activated_experts=2, n_hash_layers=1).eval()
+    model = build_model("baseline", **SMALL, n_routed_experts=4, n_activated_experts=2,
+                        n_hash_layers=1).eval()
     assert isinstance(model.layers[1].ffn, MoE) and model.layers[0].ffn.gate.is_hash
     ids = torch.randint(0, 2048, (2, 24))
     logits = model(ids)

@@ -65,6 +65,9 @@ class ModelConfig:
     # Ablation only (benchmarks/mhc_repro.py): H_res used raw, without the Sinkhorn
     # projection -- the unconstrained hyper-connections (HC) that mHC fixes.
     hc_unconstrained: bool = False
+    # Diagonal logit of H_res's bias at init: 0 -> comb = J/n (DeepSeek/transformers' zero
+    # init); larger -> closer to the identity (streams kept apart). Ablation knob.
+    hc_res_init: float = 0.0
 
     # ---- DeepSeekMoE (SPEC 1.4) ------------------------------------------------
     n_routed_experts: int = 0  # 0 -> dense SwiGLU FFN

@@ -18,6 +18,8 @@ from dsv4.errors import UserError
 # Modules that each define `register(subparsers)`. Add a line for a new concern.
 COMMAND_MODULES = [
     "dsv4.cli.model",
+    "dsv4.cli.serve",
+    "dsv4.cli.chat",
     "dsv4.cli.data",
     "dsv4.cli.train",
     "dsv4.cli.generate",

@@ -1,14 +1,15 @@
-"""A simple sampler: full-context recompute per token, temperature / top-k / top-p, a seed.
+"""The simple generation API of `dsv4 generate` and the quickstart, over the one engine.
 
-This is the reference path that the fast engine (KV caches, batching, MTP speculative
-decoding) must agree with; it trades speed for obviously-correct code. Text is streamed
-through an incremental UTF-8 decoder because one byte-level BPE token may carry only
-part of a character.
+`generate_text(ckpt, prompt, params)` streams text pieces; `generate_ids(model, ids, params)`
+yields token ids. Both run the cached engine (`dsv4.infer.engine`) and its sampler
+(`dsv4.infer.sampling`) — there is one sampler in the project. `SamplingParams` here
+carries the CLI's defaults and flag names (`--max-new-tokens`, ...) and converts to the
+engine's. A prompt longer than the context keeps its last tokens; generation stops at the
+end of the context.
 """
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 import torch
 
 from dsv4.errors import UserError
+from dsv4.infer import sampling as S
+from dsv4.infer.load import load_tokenizer  # noqa: F401  (public: the checkpoint's tokenizer)
+from dsv4.infer.text import TextStream
 
 
 @dataclass
@@ -37,88 +41,70 @@ class SamplingParams:
         if self.top_k < 0:
             raise UserError(f"--top-k must be >= 0 (got {self.top_k})")
 
+    def to_engine(self, eos_id: int | None = None) -> S.SamplingParams:
+        stops = [eos_id] if (self.stop_at_eos and eos_id is not None) else []
+        return S.SamplingParams(max_tokens=max(1, self.max_new_tokens), temperature=self.temperature,
+                                top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop_token_ids=stops,
+                                ignore_eos=not self.stop_at_eos)
+
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k and outside the top-p nucleus to -inf ([V] float)."""
-    logits = logits.clone()
-    if 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits[logits < kth] = float("-inf")
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        # drop a token if the mass before it already reaches top_p (the top token always stays)
-        drop = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        logits[order[drop]] = float("-inf")
-    return logits
+    """Logits [V] with every token outside the top-k / top-p set at -inf (the sampler's filter)."""
+    probs, ids = S.filtered_probs(logits, 1.0, top_k, top_p)
+    out = torch.full_like(logits, float("-inf"))
+    keep = ids[probs > 0]
+    out[keep] = logits[keep]
+    return out
 
 
 def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-    logits = logits.float()
-    if params.temperature == 0:
-        return int(logits.argmax())
-    logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
-    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+    return S.sample_token(logits, params.to_engine(), gen if gen is not None else S.make_generator(None))
 
 
-@torch.no_grad()
-def generate_ids(
-    model,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    eos_id: int | None = None,
-    device: str | torch.device = "cpu",
-) -> Iterator[int]:
-    """Yield new token ids one at a time (the prompt is truncated to the model's context)."""
+def _fit_prompt(prompt_ids: list[int], max_len: int, eos_id: int | None) -> list[int]:
+    ids = list(prompt_ids) or ([eos_id] if eos_id is not None else [0])  # empty: start a document
+    return ids[-(max_len - 1):]
+
+
+def generate_ids(model, prompt_ids: list[int], params: SamplingParams, eos_id: int | None = None,
+                 device: str | torch.device = "cpu", engine=None) -> Iterator[int]:
+    """Yield new token ids one at a time."""
+    from dsv4.infer.engine import Engine
+
     params.validate()
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(params.seed if params.seed is not None else torch.seed())
-    ctx_len = model.config.max_seq_len
-    ids = list(prompt_ids) or ([eos_id] if eos_id is not None else [0])  # an empty prompt starts a document
-    for _ in range(params.max_new_tokens):
-        window = torch.tensor([ids[-ctx_len:]], dtype=torch.long, device=device)
-        logits = model(window)[0, -1].cpu()
-        tok = next_token(logits, params, gen)
-        if params.stop_at_eos and eos_id is not None and tok == eos_id:
-            return
-        ids.append(tok)
-        yield tok
+    if params.max_new_tokens == 0:
+        return
+    engine = engine or Engine(model, None, max_batch=1)
+    seq = engine.submit(_fit_prompt(prompt_ids, engine.max_len, eos_id), params.to_engine(eos_id))
+    try:
+        while not seq.finished:
+            for d in engine.step():
+                if d.seq is seq:
+                    yield from d.token_ids
+    finally:
+        if not seq.finished:
+            engine.cancel(seq)
 
 
 def stream_text(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
     """Decode a stream of ids to text pieces, holding back incomplete UTF-8 sequences."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    ts = TextStream(tokenizer)
     for tok in token_ids:
-        piece = decoder.decode(tokenizer.id_to_bytes(tok))
+        ts.add(tok)
+        piece = ts.pop()
         if piece:
             yield piece
-    tail = decoder.decode(b"", final=True)
+    tail = ts.pop(final=True)
     if tail:
         yield tail
 
 
-def load_tokenizer(ckpt_dir: str | Path):
-    """The tokenizer saved with a checkpoint (`tokenizer.json` next to the weights)."""
-    from dsv4.data.tokenizer import Tokenizer
-
-    path = Path(ckpt_dir) / "tokenizer.json"
-    if not path.exists():
-        raise UserError(f"checkpoint file {path} is missing: this checkpoint has no tokenizer")
-    try:
-        return Tokenizer.load(path)
-    except UserError:
-        raise
-    except Exception as e:  # the tokenizers library raises its own exception types
-        raise UserError(f"checkpoint file {path} is corrupt ({e})") from None
-
-
 def generate_text(ckpt_dir: str | Path, prompt: str, params: SamplingParams) -> Iterator[str]:
     """Load a checkpoint and stream the completion of `prompt` as text pieces."""
-    from dsv4.model.load import load_model, resolve_checkpoint
+    from dsv4.infer.load import load_engine
 
     params.validate()
-    ckpt = resolve_checkpoint(ckpt_dir)
-    model = load_model(ckpt)
-    tok = load_tokenizer(ckpt)
-    ids = generate_ids(model, tok.encode(prompt), params, eos_id=tok.eos_id)
+    engine = load_engine(ckpt_dir, max_batch=1)
+    tok = engine.tokenizer
+    ids = generate_ids(engine.model, tok.encode(prompt), params, eos_id=tok.eos_id, engine=engine)
     yield from stream_text(tok, ids)

@@ -177,6 +177,8 @@ class Attention(nn.Module):
         return self.wo_b(og)
 
     def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
+        if getattr(ctx, "cache", None) is not None:  # [serve] cached decoding: dsv4.infer.attn_cache
+            return ctx.cache[self.layer_id].forward(self, x, ctx)
         B, T, _ = x.shape
         freqs = self._freqs(ctx)
         q, qr = self._query(x)

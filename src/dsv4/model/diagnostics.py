@@ -33,10 +33,11 @@ def amax_gain_profile(combs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     composite = torch.eye(h_res.shape[-1], device=h_res.device).expand_as(h_res[0])
     fwd = torch.empty(n_layers)
     bwd = torch.empty(n_layers)
-    for layer in reversed(range(n_layers)):
-        composite = composite @ h_res[layer]  # H[L-1] ... H[layer]
-        fwd[layer] = composite.sum(-1).abs().amax(-1).mean()
-        bwd[layer] = composite.sum(-2).abs().amax(-1).mean()
+    with torch.autocast(device_type=h_res.device.type, enabled=False):  # fp32 products
+        for layer in reversed(range(n_layers)):
+            composite = composite @ h_res[layer]  # H[L-1] ... H[layer]
+            fwd[layer] = composite.sum(-1).abs().amax(-1).mean()
+            bwd[layer] = composite.sum(-2).abs().amax(-1).mean()
     return fwd, bwd
 
 

@@ -88,6 +88,8 @@ class Engram(nn.Module):
     def forward(self, x: torch.Tensor, ctx, rows: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, D] or [B, T, n, D] (mHC streams) -> x + Y, same shape. `rows` may be given
         (prefetched / incremental); otherwise computed from ctx.ids."""
+        if getattr(ctx, "cache", None) is not None:  # [serve] cached decoding: dsv4.infer.engram_cache
+            return ctx.cache.engram[self.layer_id].forward(self, x, ctx)
         single = x.dim() == 3
         h = x.unsqueeze(2) if single else x
         B, T, n, D = h.shape

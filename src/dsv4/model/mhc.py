@@ -43,15 +43,20 @@ def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.
     DeepSeek's variant (inference kernel `hc_split_sinkhorn`): a row softmax plus eps,
     one column normalisation, then (iters - 1) rounds of row and column normalisation,
     eps in every denominator. The softmax subtracts the row max, so logits of any
-    magnitude give finite entries >= eps-ish (no exp() underflow to an all-zero row).
+    magnitude give finite entries (no exp() underflow to an all-zero row).
+
+    Computed in an [n, n, tokens] layout: the sums then run over outer axes with the long
+    token axis contiguous inside, ~4x faster on CPU than reducing size-4 inner axes.
     """
+    shape = logits.shape
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        m = torch.softmax(logits.float(), dim=-1) + eps
-        m = m / (m.sum(dim=-2, keepdim=True) + eps)
+        m = logits.float().reshape(-1, shape[-2], shape[-1]).permute(1, 2, 0)  # [n(row), n(col), N]
+        m = torch.softmax(m, dim=1) + eps
+        m = m / (m.sum(dim=0, keepdim=True) + eps)
         for _ in range(iters - 1):
-            m = m / (m.sum(dim=-1, keepdim=True) + eps)
-            m = m / (m.sum(dim=-2, keepdim=True) + eps)
-    return m
+            m = m / (m.sum(dim=1, keepdim=True) + eps)
+            m = m / (m.sum(dim=0, keepdim=True) + eps)
+    return m.permute(2, 0, 1).reshape(shape)
 
 
 def _rms_mix(x: torch.Tensor, phi: torch.Tensor, norm_eps: float) -> torch.Tensor:
@@ -64,7 +69,8 @@ def _rms_mix(x: torch.Tensor, phi: torch.Tensor, norm_eps: float) -> torch.Tenso
     """
     flat = x.flatten(-2)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        rstd = torch.rsqrt(flat.float().pow(2).mean(-1, keepdim=True) + norm_eps)
+        ms = torch.linalg.vector_norm(flat.float(), dim=-1, keepdim=True).square() / flat.shape[-1]
+        rstd = torch.rsqrt(ms + norm_eps)
     mixes = F.linear(flat, phi.to(flat.dtype))
     return mixes.float() * rstd
 
@@ -77,6 +83,7 @@ class HyperConnection(nn.Module):
         n = self.n = cfg.hc_mult
         self.iters, self.eps, self.norm_eps = cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps
         self.unconstrained = cfg.hc_unconstrained
+        self.res_init = cfg.hc_res_init
         # phi laid out [pre(n) | post(n) | comb(n^2)] (mHC eq. 7, stored as [out, in]).
         self.phi = nn.Parameter(torch.empty(n * n + 2 * n, n * cfg.dim))
         self.alpha = nn.Parameter(torch.empty(3))
@@ -90,8 +97,9 @@ class HyperConnection(nn.Module):
         self.alpha.fill_(ALPHA_INIT)
         b_pre = torch.full((n,), -math.log(n - 1))
         b_post = torch.zeros(n)
-        # Unconstrained HC starts from the identity (HC paper's init); mHC from logits 0.
-        b_res = torch.eye(n) if self.unconstrained else torch.zeros(n, n)
+        # Unconstrained HC starts from the identity (HC paper's init); mHC from logits
+        # hc_res_init * I (default 0: comb = J/n).
+        b_res = torch.eye(n) * (1.0 if self.unconstrained else self.res_init)
         self.bias.copy_(torch.cat([b_pre, b_post, b_res.flatten()]))
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,12 +119,13 @@ class HyperConnection(nn.Module):
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb[0].detach())  # first sequence only: diagnostics
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h = (pre.unsqueeze(-1) * x.float()).sum(-2)  # H_pre x: read the streams
-        y = sublayer(h.to(x.dtype))
+            # One batched product applies both maps: row 0 is H_pre x (the sublayer
+            # input), rows 1..n are sum_j comb[j, k] x_j -- comb TRANSPOSED (= H_res).
+            maps = torch.cat([pre.unsqueeze(-2), comb.transpose(-1, -2)], dim=-2)  # [..., n+1, n]
+            h, mixed = torch.matmul(maps, x.float()).split([1, self.n], dim=-2)
+        y = sublayer(h.squeeze(-2).to(x.dtype))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # out_k = post_k F + sum_j comb[j, k] x_j  -- comb TRANSPOSED (H_res = comb^T).
-            mixed = torch.matmul(comb.transpose(-1, -2), x.float())
-            out = mixed + post.unsqueeze(-1) * y.float().unsqueeze(-2)
+            out = torch.addcmul(mixed, post.unsqueeze(-1), y.float().unsqueeze(-2))  # + H_post^T F
         return out.to(x.dtype)
 
 

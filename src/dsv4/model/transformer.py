@@ -63,6 +63,12 @@ class ForwardContext:
     # all layers of one forward pass
     freqs_compress: torch.Tensor | None = None
     attn_cache: dict = field(default_factory=dict)
+    # [serve] incremental decoding (dsv4.infer.cache): `cache[layer_id]` is that layer's
+    # attention cache, `cache.engram[layer_id]` its Engram state; `positions` [B, T] are the
+    # absolute positions of the tokens (rows may differ: ragged batches), and then `freqs` /
+    # `freqs_compress` are per token [B, T, rope_dim/2].
+    cache: object | None = None
+    positions: torch.Tensor | None = None
 
 
 class Block(nn.Module):
@@ -109,6 +115,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """GPT-style init: N(0, init_std), output projections scaled by 1/sqrt(2L)."""
+        if self.embed.weight.is_meta:  # built for parameter counting: nothing to initialise
+            return
         std = self.config.init_std
         for name, p in self.named_parameters():
             if p.dim() < 2:

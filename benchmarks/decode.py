@@ -1,0 +1,182 @@
+"""Decode benchmarks of the inference engine (issue 5), results as JSON.
+
+1. Cached vs recompute decode at 1k context: tokens/s of the engine's cached decode against
+   re-running the whole sequence for every new token (what a cacheless sampler does), for
+   `flagship` (every V4 component) and `baseline` (plain transformer).
+2. Single stream: decode tokens/s and time to first token (TTFT) for a 256-token prompt, for
+   `lite` (V4) and a plain transformer of lite's dims (the architecture's per-token cost).
+3. MTP self-speculative vs plain decode on `lite` (tokens/s, acceptance). Random weights
+   accept almost nothing: pass `--ckpt` for a trained model to measure real acceptance.
+4. Batched decode throughput (aggregate tokens/s at batch 1, 4, 8).
+5. KV-cache bytes per token at 128k for `flagship` vs a bf16 dense GQA-8 baseline of the same
+   dims (layers, head_dim), from the cache layout (`dsv4.infer.cache.cache_bytes`).
+
+    PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--out benchmarks/results/decode.json]
+
+Models are randomly initialised (speed does not depend on the weights); greedy decoding with
+`ignore_eos` so every run decodes the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from dsv4.config import make_config
+from dsv4.infer.cache import cache_bytes
+from dsv4.infer.engine import Engine
+from dsv4.infer.sampling import SamplingParams
+from dsv4.infer.speculative import MTPDrafter
+from dsv4.model.transformer import build_model
+
+
+def timed(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+LITE_PLAIN = dict(vocab_size=8192, dim=128, n_layers=3, n_heads=4, head_dim=32)  # lite dims, switches off
+
+
+def make(preset: str, max_len: int):
+    torch.manual_seed(0)
+    if preset == "lite-plain":
+        return build_model("baseline", max_seq_len=max_len, **LITE_PLAIN).eval()
+    return build_model(preset, max_seq_len=max_len).eval()
+
+
+def cached_vs_recompute(preset: str, context: int, new_tokens: int, autocast: bool) -> dict:
+    model = make(preset, context + new_tokens + 8)
+    prompt = torch.randint(0, model.config.vocab_size, (context,)).tolist()
+    eng = Engine(model, None, max_batch=1, autocast=autocast, prefill_chunk=512)
+    params = SamplingParams(max_tokens=new_tokens + 1, temperature=0, ignore_eos=True)
+
+    def cached():
+        seq = eng.submit(prompt, params)
+        while not seq.generated:  # prefill (not timed below)
+            eng.step()
+        t = time.perf_counter()
+        while not seq.finished:
+            eng.step()
+        return time.perf_counter() - t
+
+    cached()  # warm-up
+    t_cached = min(cached() for _ in range(3))
+
+    def recompute():
+        ids = list(prompt)
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+        with torch.inference_mode(), amp:
+            for _ in range(new_tokens):
+                ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+
+    t_re = timed(recompute, repeat=2)
+    return {"preset": preset, "context": context, "new_tokens": new_tokens, "bf16_autocast": autocast,
+            "cached_tok_s": new_tokens / t_cached, "recompute_tok_s": new_tokens / t_re,
+            "speedup": t_re / t_cached}
+
+
+def single_stream(preset: str, prompt_len: int, new_tokens: int, autocast: bool) -> dict:
+    model = make(preset, prompt_len + new_tokens + 8)
+    prompt = torch.randint(0, model.config.vocab_size, (prompt_len,)).tolist()
+    eng = Engine(model, None, max_batch=1, autocast=autocast, prefill_chunk=prompt_len)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    eng.generate(prompt, params)  # warm-up
+    ttfts, rates = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        seq = eng.submit(prompt, params)
+        while not seq.generated:
+            eng.step()
+        t1 = time.perf_counter()
+        while not seq.finished:
+            eng.step()
+        t2 = time.perf_counter()
+        ttfts.append(t1 - t0)
+        rates.append((len(seq.generated) - 1) / (t2 - t1))
+    return {"preset": preset, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
+            "bf16_autocast": autocast, "ttft_ms": 1000 * min(ttfts), "decode_tok_s": max(rates)}
+
+
+def speculative(model, prompt: list[int], new_tokens: int, autocast: bool) -> dict:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    plain = Engine(model, None, max_batch=1, autocast=autocast)
+    spec = Engine(model, None, max_batch=1, autocast=autocast, draft_fn=MTPDrafter(), num_draft=1)
+    plain.generate(prompt, params)
+    t_plain = timed(lambda: plain.generate(prompt, params), repeat=2)
+    spec.generate(prompt, params)
+    spec.spec_stats.update(drafted=0, accepted=0, steps=0)
+    t_spec = timed(lambda: spec.generate(prompt, params), repeat=2)
+    st = spec.spec_stats
+    return {"bf16_autocast": autocast, "plain_tok_s": new_tokens / t_plain, "spec_tok_s": new_tokens / t_spec,
+            "speedup": t_plain / t_spec, "acceptance": st["accepted"] / max(st["drafted"], 1)}
+
+
+def kv_bytes_per_token(preset: str, context: int) -> dict:
+    cfg = make_config(preset)
+    ours = cache_bytes(cfg, context)["total"] / context
+    gqa8 = cfg.n_layers * 2 * 8 * cfg.head_dim * 2  # K and V, 8 KV heads, bf16, every token
+    return {"preset": preset, "context": context, "bytes_per_token": ours, "gqa8_bf16_bytes_per_token": gqa8,
+            "ratio": ours / gqa8}
+
+
+def batched_throughput(preset: str, batch: int, new_tokens: int, autocast: bool) -> dict:
+    model = make(preset, 512)
+    prompts = [torch.randint(0, model.config.vocab_size, (16 + 7 * i,)).tolist() for i in range(batch)]
+    eng = Engine(model, None, max_batch=batch, autocast=autocast)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    eng.generate(prompts, params)
+    t = timed(lambda: eng.generate(prompts, params), repeat=2)
+    return {"preset": preset, "batch": batch, "bf16_autocast": autocast, "tok_s": batch * new_tokens / t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/results/decode.json")
+    ap.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run)")
+    ap.add_argument("--ckpt", default=None, help="a trained checkpoint for the speculative run")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n = 16 if args.quick else 64
+    res = {"machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
+           "cached_vs_recompute": [], "single_stream": [], "speculative": [], "batched": [], "kv_cache": []}
+
+    def log(key, item):
+        res[key].append(item)
+        print(key, json.dumps(item), flush=True)
+
+    for preset in ("flagship", "baseline"):
+        log("cached_vs_recompute", cached_vs_recompute(preset, 1024, n // 2, False))
+    for preset in ("lite", "lite-plain"):
+        for ac in (False, True, "prefill"):  # fp32, bf16 everywhere, bf16 prefill + fp32 decode
+            log("single_stream", single_stream(preset, 256, 2 * n, ac))
+    if args.ckpt:
+        from dsv4.model.load import load_model
+        model = load_model(args.ckpt)
+    else:
+        model = make("lite", 512)
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (64,), generator=gen).tolist()
+    log("speculative", dict(speculative(model, prompt, 2 * n, False), ckpt=args.ckpt or "random lite"))
+    for b in (1, 4, 8):
+        log("batched", batched_throughput("lite", b, n, False))
+    for preset in ("flagship", "v4-flash"):
+        log("kv_cache", kv_bytes_per_token(preset, 128 * 1024))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Generated chat text -> OpenAI message pieces, incrementally (for streaming) and at the end.
+
+The model writes an assistant turn in the dsv4 template: optional `<think>..</think>`
+reasoning, content, and `<|tool_call|>{json}<|/tool_call|>` blocks. While streaming we
+release content and reasoning as they grow, but never the inside of a tool-call block that
+is still open (it becomes a `tool_calls` entry once complete, or content if it is not valid
+JSON). `parse_assistant` (dsv4.data.chat) is the one parser of that format.
+"""
+
+from __future__ import annotations
+
+import json
+
+from dsv4.data import specials as S
+from dsv4.data.chat import parse_assistant
+
+
+def tools_system_text(functions: list[dict], tool_choice=None) -> str:
+    """The system-prompt description of the callable tools (OpenAI `tools` -> template)."""
+    lines = [
+        "# Tools",
+        "You can call the functions below. To call one, write a tool-call block whose body is "
+        'a JSON object {"name": <function name>, "arguments": {<arguments>}}; you may call '
+        "several in a row. Results come back in tool-result turns.",
+        json.dumps(functions, ensure_ascii=False),
+    ]
+    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict):
+        lines.append(f"You must call the function {tool_choice['function'].get('name')!r}.")
+    elif tool_choice == "required":
+        lines.append("You must call at least one function.")
+    return "\n".join(lines)
+
+
+class ChatText:
+    def __init__(self):
+        self.text = ""
+        self.sent_content = ""
+        self.sent_reasoning = ""
+
+    def _visible(self, final: bool) -> str:
+        if final:
+            return self.text
+        open_at = self.text.rfind(S.TOOL_CALL)
+        if open_at >= 0 and self.text.find(S.END_TOOL_CALL, open_at) < 0:
+            return self.text[:open_at]  # a tool call still being written: hold it back
+        return self.text
+
+    def feed(self, piece: str, final: bool = False) -> dict:
+        """Add generated text; return the OpenAI delta ({"content"}/{"reasoning_content"}) it releases."""
+        self.text += piece
+        msg = parse_assistant(self._visible(final))
+        delta = {}
+        for key, attr in (("reasoning_content", "sent_reasoning"), ("content", "sent_content")):
+            new, sent = msg.get(key) or "", getattr(self, attr)
+            if len(new) > len(sent) and new.startswith(sent):
+                delta[key] = new[len(sent):]
+                setattr(self, attr, new)
+        return delta
+
+    def message(self) -> dict:
+        """The whole assistant message (content, reasoning_content, tool_calls)."""
+        return parse_assistant(self.text)
