@@ -94,3 +94,23 @@ def test_prefetch_batches_and_peek_keep_the_loader_exact(tmp_path):
         for x, _ in prefetch_batches(pf, batches):
             mm(x)
     assert mm.layers[1].engram.table.counters["prefetch_hits"] == 4
+
+
+def test_engine_with_mmap_table_prefetches_and_matches_memory(tmp_path):
+    """The inference engine (prefill chunks + cached decode, batched) stages every Engram
+    gather before the forward: same tokens and log-probs as with the in-memory table."""
+    from dsv4.infer.engine import Engine
+    from dsv4.infer.sampling import SamplingParams
+
+    mem, mm = _pair(tmp_path)
+    prompts = [list(range(5, 30)), [7, 3, 9]]
+    params = SamplingParams(max_tokens=12, temperature=0, logprobs=1)
+    want = Engine(mem, None, max_batch=2, prefill_chunk=8).generate(prompts, params)
+    eng = Engine(mm, None, max_batch=2, prefill_chunk=8)
+    got = eng.generate(prompts, params)
+    for a, b in zip(want, got, strict=True):
+        assert a.token_ids == b.token_ids
+        assert [x["logprob"] for x in a.logprobs] == [x["logprob"] for x in b.logprobs]
+    store = mm.layers[1].engram.table
+    assert store.counters["prefetch_hits"] >= 12 and store.counters["sync_gathers"] == 0
+    eng.prefetcher.close()

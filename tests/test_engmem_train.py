@@ -141,10 +141,10 @@ def test_pretrain_with_mmap_tables_resumes_bit_exact(tmp_path):
     a run split by stop_at/resume ends with the weights, table and row-wise Adam state of a
     straight run; the table in the checkpoint equals the table file."""
     from safetensors.torch import load_file
-    from helpers_train import build_small_data, tiny_config
 
     from dsv4.train.metrics import read_metrics
     from dsv4.train.pretrain import pretrain
+    from helpers_train import build_small_data, tiny_config
 
     data = build_small_data(tmp_path / "data", vocab_size=300, files=_small_sources())
 
