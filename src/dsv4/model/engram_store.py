@@ -120,6 +120,9 @@ class TableStore(nn.Module):
         """Zeroed per-row optimizer state [rows, dim] in this store's tier."""
         return torch.zeros(self.rows, dim, dtype=dtype, device=self.storage.device)
 
+    def will_read(self, u: torch.Tensor) -> None:
+        """Hint that rows u (and their optimizer state) are about to be read."""
+
     def set_cache_rows(self, capacity: int) -> None:
         self.cache = HotRowCache(capacity, self.dim, self.storage.dtype) if capacity > 0 else None
 
@@ -145,6 +148,7 @@ class TableStore(nn.Module):
 
     def _gather(self, rows: torch.Tensor):
         u, inv = torch.unique(rows.reshape(-1), return_inverse=True)
+        self.will_read(u)
         w = self.read(u)
         return u, inv, self._to_device(w, rows.device)
 
@@ -314,6 +318,12 @@ class MmapStore(TableStore):
         f.mark_complete()
         self._state_files = getattr(self, "_state_files", []) + [f]
         return f.tensor
+
+    def will_read(self, u: torch.Tensor) -> None:
+        # From a cold page cache the kernel then reads all these pages concurrently (instead of
+        # one fault at a time), including the Adam rows the optimizer step will touch.
+        for f in [self.file] + (getattr(self, "_state_files", []) if self.collect_grads else []):
+            f.will_need(u)
 
     def flush(self) -> None:
         self.file.flush()
