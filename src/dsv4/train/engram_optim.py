@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dsv4.errors import UserError
 from dsv4.model.engram_store import TableStore, copy_rows_chunked, table_stores
 
 
@@ -108,5 +109,11 @@ class SparseRowAdam:
 def sparse_engram_optimizer(model: nn.Module, lr: float, betas=(0.9, 0.95)) -> SparseRowAdam | None:
     """The row-wise optimizer for a model's host/mmap Engram tables, or None if it has none
     (memory tables stay in the dense Adam group of `optim_groups()`)."""
-    opt = SparseRowAdam(model, lr, betas)
-    return opt if opt else None
+    if not any(s.kind != "memory" for _, s in table_stores(model)):
+        return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        # every rank would update its own copy (or the same file) with its own rows
+        raise UserError("engram_store=host/mmap trains in a single process for now; "
+                        "use engram_store=memory with torchrun")
+    return SparseRowAdam(model, lr, betas)
