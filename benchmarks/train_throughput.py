@@ -2,10 +2,11 @@
 
 MFU = model FLOPs per token (see dsv4.train.metrics: 6 * N_active + attention) * tokens/s
       / bf16 matmul peak measured in this same run with the same threads.
-Random token ids: throughput does not depend on the data. The machine may be shared, so
-the peak is measured before and after the presets and the best of the two is used (a
-busy neighbour lowers both our step rate and the peak; taking the best peak is the
-conservative choice for MFU).
+Random token ids: throughput does not depend on the data. The machine may be shared and
+its load drifts, so each timed step is paired with a short timed bf16 matmul burst right
+after it, and `mfu` is the median over steps of (step FLOP/s / paired peak). For
+reference, `mfu_vs_run_peak` divides by the best of two longer peak measurements taken
+before and after all presets.
 
     python benchmarks/train_throughput.py [--presets tiny,flagship] [--compile both|on|off]
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch
 
 from dsv4.model import build_model
 from dsv4.train.config import TrainConfig
-from dsv4.train.metrics import flops_per_token, measure_peak_flops
+from dsv4.train.metrics import _cpu_name, flops_per_token, measure_peak_flops
 from dsv4.train.optim import build_optimizers
 from dsv4.train.pretrain import train_step
 
@@ -47,11 +47,15 @@ def bench(preset: str, compile_: bool, steps: int, warmup: int, batch_size: int,
     for _ in range(warmup):
         train_step(model, opts, x, y, grad_clip=1.0, autocast=True)
     t_compile = time.perf_counter() - t0
-    times = []
+    # Pair every timed step with a short timed matmul burst right after it: the load of a
+    # shared machine drifts, and a peak measured minutes away would not match the step.
+    times, peaks = [], []
     for _ in range(steps):
         t = time.perf_counter()
         train_step(model, opts, x, y, grad_clip=1.0, autocast=True)
         times.append(time.perf_counter() - t)
+        peaks.append(measure_peak_flops("cpu", seconds=0.3))
+    mfus = sorted(fpt * batch_size * seq / (t * p) for t, p in zip(times, peaks, strict=True))
     times.sort()
     median = times[len(times) // 2]
     tok_s = batch_size * seq / median
@@ -65,7 +69,9 @@ def bench(preset: str, compile_: bool, steps: int, warmup: int, batch_size: int,
         "step_ms_median": 1e3 * median,
         "step_ms_best": 1e3 * times[0],
         "tokens_per_s": tok_s,
-        "mfu": fpt * tok_s / peak,
+        "mfu": mfus[len(mfus) // 2],  # median of per-step MFU against the paired peak
+        "mfu_vs_run_peak": fpt * tok_s / peak,
+        "paired_peak_median": sorted(peaks)[len(peaks) // 2],
         "warmup_s": t_compile,
     }
 
@@ -79,6 +85,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--label", default="default",
+                    help="name of this measurement; results of other labels in --out are kept")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
@@ -91,20 +99,26 @@ def main() -> None:
     peak_after = measure_peak_flops("cpu", seconds=2.0)
     peak = max(peak_before, peak_after)
     for r in rows:
-        r["mfu"] = r["flops_per_token"] * r["tokens_per_s"] / peak
+        r["mfu_vs_run_peak"] = r["flops_per_token"] * r["tokens_per_s"] / peak
         print(f"{r['preset']:>9} compile={str(r['compile']):5} {r['params'] / 1e6:6.2f}M params  "
               f"{r['tokens_per_s']:9.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  (warm-up {r['warmup_s']:.1f}s)")
     print(f"bf16 matmul peak: {peak / 1e12:.3f} TFLOP/s ({args.threads} threads)")
-    result = {
-        "benchmark": "train_throughput",
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "torch": torch.__version__},
+    print("\n| preset | params | compile | tokens/s | MFU | step (ms) |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:.2f}M | {'yes' if r['compile'] else 'no'} | "
+              f"{r['tokens_per_s']:.0f} | {100 * r['mfu']:.1f}% | {r['step_ms_median']:.0f} |")
+    run = {
+        "machine": {"cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__},
         "peak_flops_bf16": peak,
         "peak_flops_before_after": [peak_before, peak_after],
-        "note": "shared machine: numbers are noisy, reported as measured",
         "rows": rows,
     }
     out = Path(args.out)
+    result = {"benchmark": "train_throughput", "runs": {}}
+    if out.exists():
+        result = json.loads(out.read_text())
+    result["note"] = "shared machine: numbers are noisy, reported as measured"
+    result["runs"][args.label] = run
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

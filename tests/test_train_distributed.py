@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from dsv4.model import load_model
 from dsv4.train.metrics import read_metrics

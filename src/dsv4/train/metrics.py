@@ -3,8 +3,9 @@
 MFU = achieved model FLOP/s / peak FLOP/s, where
   - model FLOPs per token = 6 * N_active (forward + backward of every matmul weight a
     token passes through; embedding and Engram lookups are not matmuls, routed experts
-    count at n_activated / n_routed, the MTP block's pass through the shared head counts) + 12 * L * H * D_head * T for attention scores and
-    values (the PaLM appendix B convention, not halved for causality);
+    count at n_activated / n_routed, the MTP block's pass through the shared head counts)
+    + 12 * L * H * D_head * T for attention scores and values (the PaLM appendix B
+    convention, not halved for causality);
   - peak = the rate of a short timed loop of large bf16 matmuls on this machine, with the
     threads the run uses (cached per machine/threads/torch version, since it takes ~1 s).
 """

@@ -188,7 +188,12 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data) -> dict:
         if env.distributed:
             D.load_sharded(env, ckpt, model, optimizers)
         else:
-            ck.load_optimizers(optimizers, state["optimizers"] or [], ckpt / ck.TRAIN_STATE)
+            if state.get("optimizers") is None:
+                raise UserError(
+                    f"checkpoint {ckpt} was written by a {state.get('world_size', '?')}-rank run "
+                    f"(optimizer states in dcp/); resume it under torchrun"
+                )
+            ck.load_optimizers(optimizers, state["optimizers"], ckpt / ck.TRAIN_STATE)
         loader.load_state_dict(state["loader"])
         ck.set_rng_state(state["rng"])
     if cfg.compile:
