@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -148,7 +149,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = 16 if args.quick else 64
-    res = {"machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
+    machine = {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__,
+               "load_avg_at_start": os.getloadavg()}  # a shared machine makes the numbers noisy
+    res = {"machine": machine,
            "cached_vs_recompute": [], "single_stream": [], "speculative": [], "batched": [], "kv_cache": []}
 
     def log(key, item):
@@ -172,6 +175,7 @@ def main() -> None:
         log("batched", batched_throughput("lite", b, n, False))
     for preset in ("flagship", "v4-flash"):
         log("kv_cache", kv_bytes_per_token(preset, 128 * 1024))
+    res["machine"]["load_avg_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
