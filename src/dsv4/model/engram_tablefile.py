@@ -140,8 +140,13 @@ class TableFile:
     def will_need(self, rows: torch.Tensor) -> None:
         """Ask the kernel to start reading the pages of `rows` now (MADV_WILLNEED): many reads
         in flight at once instead of one page fault at a time when the rows are touched."""
-        for p in self.row_pages(rows).tolist():
-            self._map.madvise(mmap.MADV_WILLNEED, HEADER_BYTES + p * PAGE, PAGE)
+        pages = self.row_pages(rows)
+        pages = pages[~self.resident_pages()[pages]]  # warm pages need no syscall (one mincore)
+        if not len(pages):
+            return
+        breaks = np.flatnonzero(np.diff(pages) != 1) + 1  # runs of consecutive pages: one call each
+        for run in np.split(pages, breaks):
+            self._map.madvise(mmap.MADV_WILLNEED, HEADER_BYTES + int(run[0]) * PAGE, len(run) * PAGE)
 
     def drop_page_cache(self) -> None:
         """Write back and evict this file from memory (the 'cold' state of a table on disk)."""
