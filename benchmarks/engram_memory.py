@@ -18,7 +18,9 @@ Configurations (same model, same batches; bf16 autocast on the CPU, as training 
 
 Configurations run interleaved (round robin, `--steps` timed steps each per round, after one
 untimed warm-up step) so that the other tenants of a shared machine slow all of them alike;
-each number is the median step. Tokens are Zipf-distributed ids (s = 1.1) over the vocab,
+each number is the median step, in wall-clock time and in process CPU time (all threads,
+the prefetch thread included: on a loaded machine the CPU time is the steadier measure of
+cost, the wall clock the one that shows I/O waits). Tokens are Zipf-distributed ids (s = 1.1) over the vocab,
 as text roughly is. Writes benchmarks/results/engram_memory.json; the table files live in a
 temporary directory (--dir) that is deleted at the end.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -84,7 +87,7 @@ class Runner:
     def __init__(self, name, model, opts, batches, prefetch: bool, cold: bool, train: bool):
         self.name, self.model, self.opts, self.batches = name, model, opts, batches
         self.pf = EngramPrefetcher(model) if prefetch else None
-        self.cold, self.train, self.i, self.times = cold, train, 0, []
+        self.cold, self.train, self.i, self.times, self.cpu = cold, train, 0, [], []
         model.train(train)
 
     def step(self, timed: bool) -> None:
@@ -94,7 +97,7 @@ class Runner:
         x, y = b[:, :-1], b[:, 1:]
         if self.cold:
             drop_caches(self.model)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if self.pf is not None:
             if self.cold or self.i == 1:
                 self.pf.submit(x)  # nothing was prefetched for this batch
@@ -105,13 +108,15 @@ class Runner:
         else:
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 self.model(x)
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if timed:
             self.times.append(dt)
+            self.cpu.append(dc)  # all threads of the process, the prefetch thread's work included
 
     def result(self, tokens: int) -> dict:
-        med = statistics.median(self.times)
-        out = {"median_step_s": med, "tokens_per_s": tokens / med, "steps": len(self.times)}
+        med, cpu = statistics.median(self.times), statistics.median(self.cpu)
+        out = {"median_step_s": med, "tokens_per_s": tokens / med, "median_cpu_s": cpu,
+               "tokens_per_cpu_s": tokens / cpu, "steps": len(self.times)}
         stats = engram_memory_stats(self.model)
         if "engram_cache_hit_rate" in stats:
             out["hot_cache_hit_rate"] = stats["engram_cache_hit_rate"]
@@ -196,17 +201,15 @@ def main() -> None:
         res["infer"] = run(infer, args.rounds, args.steps * 2, tokens)
 
         tr, inf = res["train"], res["infer"]
-        res["ratios"] = {
-            "train_mmap_prefetch_over_memory_sparse": tr["mmap_prefetch"]["tokens_per_s"]
-            / tr["memory_sparse"]["tokens_per_s"],
-            "train_mmap_prefetch_over_memory_dense": tr["mmap_prefetch"]["tokens_per_s"]
-            / tr["memory_dense"]["tokens_per_s"],
-            "train_mmap_cold_over_memory_sparse": tr["mmap_cold"]["tokens_per_s"]
-            / tr["memory_sparse"]["tokens_per_s"],
-            "infer_mmap_prefetch_over_memory": inf["mmap_prefetch"]["tokens_per_s"]
-            / inf["memory"]["tokens_per_s"],
-            "infer_mmap_cold_over_memory": inf["mmap_cold"]["tokens_per_s"] / inf["memory"]["tokens_per_s"],
-        }
+        pairs = {"train_mmap_prefetch_over_memory_sparse": (tr, "mmap_prefetch", "memory_sparse"),
+                 "train_mmap_prefetch_over_memory_dense": (tr, "mmap_prefetch", "memory_dense"),
+                 "train_mmap_cold_over_memory_sparse": (tr, "mmap_cold", "memory_sparse"),
+                 "infer_mmap_prefetch_over_memory": (inf, "mmap_prefetch", "memory"),
+                 "infer_mmap_cold_over_memory": (inf, "mmap_cold", "memory")}
+        res["ratios"] = {k: d[a]["tokens_per_s"] / d[b]["tokens_per_s"] for k, (d, a, b) in pairs.items()}
+        res["ratios_cpu_time"] = {k: d[a]["tokens_per_cpu_s"] / d[b]["tokens_per_cpu_s"]
+                                  for k, (d, a, b) in pairs.items()}
+        res["load_average_end"] = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
