@@ -93,6 +93,12 @@ class ModelConfig:
     engram_n_heads: int = 8
     engram_dim: int = 0  # d_mem: retrieved width per layer (split over the heads)
     engram_kernel_size: int = 4
+    # engmem helper (issue 8): where the tables live. memory = an nn.Parameter (dense Adam);
+    # host = a separate host tensor (pinned, async side-stream copies with CUDA); mmap = a
+    # memory-mapped file per layer under engram_path (larger than RAM). host/mmap train with
+    # sparse row-wise Adam (dsv4.train.engram_optim.SparseRowAdam).
+    engram_store: str = "memory"
+    engram_path: str = ""  # directory of the mmap tables (engram_l<layer>.table)
 
     # ---- derived helpers ----------------------------------------------------------
     @property
@@ -179,6 +185,10 @@ class ModelConfig:
             need(self.engram_dim % (self.engram_n_heads * len(self.engram_ngram_orders)) == 0,
                  "engram_dim must be divisible by engram_n_heads * len(engram_ngram_orders)")
             need(all(n >= 2 for n in self.engram_ngram_orders), "engram_ngram_orders must be >= 2")
+        need(self.engram_store in ("memory", "host", "mmap"),
+             f"engram_store must be memory, host or mmap (got {self.engram_store!r})")
+        need(self.engram_store != "mmap" or bool(self.engram_path),
+             "engram_store=mmap needs engram_path (a directory for the table files)")
 
 
 def _field_types() -> dict[str, typing.Any]:

@@ -34,6 +34,7 @@ import torch
 from dsv4.infer.cache import ModelCache
 from dsv4.infer.sampling import SamplingParams, make_generator, sample_token, token_logprobs
 from dsv4.infer.text import TextStream
+from dsv4.model.engram_prefetch import EngramPrefetcher
 from dsv4.model.transformer import ForwardContext
 
 
@@ -105,6 +106,7 @@ class Engine:
             raise ValueError(f"autocast must be True, False or 'prefill' (got {autocast!r})")
         self.autocast = autocast
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
+        self.prefetcher = EngramPrefetcher(model)  # issue 8: no layers (and no thread) for memory tables
         self.free_slots = list(range(max_batch - 1, -1, -1))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -159,6 +161,8 @@ class Engine:
         """Cached forward of ids [B, T] at positions [B, T] in slots `rows`: the residual
         streams after the last block [B, T, (n,) D] (what the MTP head drafts from)."""
         ctx = self._context(rows, ids, positions)
+        for layer in self.prefetcher.layers:  # host/mmap Engram rows gathered while layers before run
+            self.prefetcher.stage_rows(layer, self.cache.engram[layer.layer_id].addresses(layer, ctx))
         with torch.inference_mode(), self._amp():
             return self.model._streams(ctx.ids, ctx)
 

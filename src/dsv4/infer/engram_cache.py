@@ -38,14 +38,18 @@ class EngramCache:
         cids = engram.compress[ids.to(engram.compress.device)]
         return torch.where(pos.to(cids.device) >= 0, cids, torch.full_like(cids, engram.pad_id))
 
+    def addresses(self, engram, ctx) -> torch.Tensor:
+        """Table rows of the bound chunk's tokens [B, T, slots] (also what the engine prefetches)."""
+        prefix = self._prefix(engram, ctx.positions[:, 0].cpu())
+        return engram_addresses(engram.compress[ctx.ids], engram.orders, engram.multipliers, engram.moduli,
+                                engram.offsets, engram.pad_id, prefix)
+
     def forward(self, engram, x: torch.Tensor, ctx) -> torch.Tensor:
         single = x.dim() == 3
         h = x.unsqueeze(2) if single else x
         B, T, n, D = h.shape
         pos = ctx.positions
-        rows = engram_addresses(engram.compress[ctx.ids], engram.orders, engram.multipliers, engram.moduli,
-                                engram.offsets, engram.pad_id, self._prefix(engram, pos[:, 0].cpu()))
-        e = engram.retrieve(rows)
+        e = engram.retrieve(self.addresses(engram, ctx))
         key = engram.key_proj(e).view(B, T, n, D)
         value = engram.value_proj(e)
         s = (engram._rms(h, engram.query_norm) * engram._rms(key, engram.key_norm)).sum(-1) / math.sqrt(D)

@@ -33,6 +33,7 @@ from torch import nn
 from dsv4.config import ModelConfig
 from dsv4.errors import UserError
 from dsv4.model.engram_hash import compression_map, engram_addresses, engram_multipliers, engram_primes
+from dsv4.model.engram_store import make_table_store
 from dsv4.model.moe import _building_on_meta
 
 
@@ -60,14 +61,13 @@ class Engram(nn.Module):
         self.register_buffer("compress", torch.arange(cfg.vocab_size, dtype=torch.long))
 
         n, D = self.n_streams, cfg.dim
-        self.table = nn.Embedding(sum(sizes), head_dim)
+        self.table = make_table_store(cfg, layer_id, sum(sizes), head_dim)  # engram_store.py (issue 8)
         self.key_proj = nn.Linear(cfg.engram_dim, n * D, bias=False)  # W_K^(m), one per branch
         self.value_proj = nn.Linear(cfg.engram_dim, D, bias=False)  # W_V, shared
         self.query_norm = nn.Parameter(torch.ones(n * D))
         self.key_norm = nn.Parameter(torch.ones(n * D))
         self.conv_norm = nn.Parameter(torch.ones(n * D))
         self.conv_weight = nn.Parameter(torch.zeros(n * D * self.kernel_size))  # zero-init (paper)
-        nn.init.normal_(self.table.weight, 0.0, cfg.init_std)
 
     # ---- addressing (pure function of token ids; see engram_hash) -------------------------
     def addresses(self, ids: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> torch.Tensor:

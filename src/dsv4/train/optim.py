@@ -17,6 +17,7 @@ import torch
 
 from dsv4.errors import UserError
 from dsv4.train.config import TrainConfig
+from dsv4.train.engram_optim import sparse_engram_optimizer
 
 
 def build_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -58,4 +59,8 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opt
                 weight_decay=0.0,
             )
         )
+    # Host/mmap Engram tables are not parameters: row-wise Adam outside the dense optimizers (issue 8).
+    sparse = sparse_engram_optimizer(model, cfg.lr * cfg.engram_lr_mult, tuple(cfg.betas))
+    if sparse is not None:
+        opts.append(sparse)
     return opts

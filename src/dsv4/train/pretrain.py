@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from dsv4.config import make_config
 from dsv4.errors import UserError
+from dsv4.model.engram_prefetch import EngramPrefetcher, peek_batch
 from dsv4.model.load import load_config, load_weights_into, read_weights
 from dsv4.model.transformer import Transformer
 from dsv4.train import checkpoint as ck
@@ -193,10 +194,15 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
     if env.distributed:
         D.shard_model(model)
     optimizers = build_optimizers(model, cfg)
+<<<<<<< HEAD
     if batches is not None:
         loader = batches(seq_len, cfg.seed, env.rank, env.world_size)
     else:
         loader = TokenLoader(data.train, cfg.batch_size, seq_len, cfg.seed, env.rank, env.world_size)
+=======
+    loader = TokenLoader(data.train, cfg.batch_size, seq_len, cfg.seed, env.rank, env.world_size)
+    prefetcher = EngramPrefetcher(model)  # host/mmap Engram rows of the next batch (issue 8)
+>>>>>>> engmem
     if ckpt is not None:
         if env.distributed:
             D.load_sharded(env, ckpt, model, optimizers)
@@ -280,7 +286,13 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
                 model.set_training_progress(frac)
             x, y = loader.next_batch()
             x, y = x.to(env.device), y.to(env.device)
+<<<<<<< HEAD
             loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast, loss_fn)
+=======
+            if prefetcher.layers:
+                prefetcher.submit(peek_batch(loader)[0].to(env.device))
+            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast)
+>>>>>>> engmem
             step += 1
             tokens_seen += tokens_per_step
             if env.device.type == "cuda":
@@ -323,6 +335,7 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
             run_eval()
         ckpt_path = save() if last_saved != step else out / ck.step_dir_name(step)
     finally:
+        prefetcher.close()
         bar.close()
         if log is not None:
             log.close()
