@@ -194,15 +194,11 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
     if env.distributed:
         D.shard_model(model)
     optimizers = build_optimizers(model, cfg)
-<<<<<<< HEAD
     if batches is not None:
         loader = batches(seq_len, cfg.seed, env.rank, env.world_size)
     else:
         loader = TokenLoader(data.train, cfg.batch_size, seq_len, cfg.seed, env.rank, env.world_size)
-=======
-    loader = TokenLoader(data.train, cfg.batch_size, seq_len, cfg.seed, env.rank, env.world_size)
     prefetcher = EngramPrefetcher(model)  # host/mmap Engram rows of the next batch (issue 8)
->>>>>>> engmem
     if ckpt is not None:
         if env.distributed:
             D.load_sharded(env, ckpt, model, optimizers)
@@ -286,13 +282,9 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
                 model.set_training_progress(frac)
             x, y = loader.next_batch()
             x, y = x.to(env.device), y.to(env.device)
-<<<<<<< HEAD
-            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast, loss_fn)
-=======
             if prefetcher.layers:
                 prefetcher.submit(peek_batch(loader)[0].to(env.device))
-            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast)
->>>>>>> engmem
+            loss, stats, gnorm = train_step(model, optimizers, x, y, cfg.grad_clip, cfg.autocast, loss_fn)
             step += 1
             tokens_seen += tokens_per_step
             if env.device.type == "cuda":
