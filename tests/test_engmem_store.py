@@ -160,3 +160,18 @@ def test_hot_cache_zipfian_hit_rate_and_write_through(tmp_path):
     stats = engram_memory_stats(torch.nn.ModuleDict({"t": store}))
     assert stats["engram_cache_hit_rate"] == rate
     assert stats["engram_rows_from_tier"] < stats["engram_rows_read"]
+
+
+def test_a_model_with_engram_stores_deepcopies():
+    """RL deep-copies the policy as its frozen reference: the store's lock must not block that."""
+    import copy
+
+    from dsv4.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    ref = copy.deepcopy(model)
+    ids = torch.randint(0, model.config.vocab_size, (1, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(ids), rtol=0, atol=0)
+    ref.layers[1].engram.table.read(torch.tensor([0, 1]))  # the copy has a working lock

@@ -79,6 +79,17 @@ class TableStore(nn.Module):
         self._side_stream = None
         self.counters = collections.Counter()
 
+    def __getstate__(self) -> dict:
+        # Locks, in-flight gathers and CUDA streams cannot be copied: a deepcopy (RL's frozen
+        # reference model) or a pickle gets fresh ones.
+        state = dict(self.__dict__)
+        state.update(_lock=None, _staged=collections.deque(), _side_stream=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._lock = threading.Lock()
+
     # ---- storage ------------------------------------------------------------------------
     @property
     def storage(self) -> torch.Tensor:
