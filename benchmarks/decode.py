@@ -197,18 +197,18 @@ def vs_transformers(prompt_len: int, new_tokens: int) -> dict | None:
 def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
     """Chunked-prefill seconds at each length (one run each: they are long)."""
     model = make(preset, max(lengths) + 8)
-    secs = {}
+    secs, cpu = {}, {}
     for n in lengths:
         prompt = torch.randint(0, model.config.vocab_size, (n,)).tolist()
         eng = Engine(model, None, max_batch=1, prefill_chunk=chunk)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         eng.generate(prompt, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
-        secs[n] = time.perf_counter() - t
+        secs[n], cpu[n] = time.perf_counter() - t, time.process_time() - c
         print(f"prefill {n} tokens: {secs[n]:.1f} s", flush=True)
         del eng  # free this length's caches before the next
     lo, hi = min(lengths), max(lengths)
-    return {"preset": preset, "prefill_chunk": chunk, "seconds": secs, "tokens_ratio": hi / lo,
-            "time_ratio": secs[hi] / secs[lo]}
+    return {"preset": preset, "prefill_chunk": chunk, "seconds": secs, "cpu_seconds": cpu,
+            "tokens_ratio": hi / lo, "time_ratio": secs[hi] / secs[lo], "cpu_time_ratio": cpu[hi] / cpu[lo]}
 
 
 def main() -> None:
