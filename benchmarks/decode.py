@@ -10,8 +10,12 @@
 4. Batched decode throughput (aggregate tokens/s at batch 1, 4, 8).
 5. KV-cache bytes per token at 128k for `flagship` vs a bf16 dense GQA-8 baseline of the same
    dims (layers, head_dim), from the cache layout (`dsv4.infer.cache.cache_bytes`).
+6. Our engine vs Hugging Face `transformers` `generate` (if installed) on a LlamaForCausalLM of
+   the `baseline` dims and parameter count (random init, greedy, KV cache on): tokens/s ratio.
+7. `--long`: prefill time of `flagship` at 16k and 64k tokens (chunked prefill), the ratio for
+   4x the tokens (a quadratic-attention model would be ~16x; linear is 4x).
 
-    PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--out benchmarks/results/decode.json]
+    PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--long] [--out benchmarks/results/decode.json]
 
 Models are randomly initialised (speed does not depend on the weights); greedy decoding with
 `ignore_eos` so every run decodes the same number of tokens.
@@ -46,12 +50,17 @@ def timed(fn, repeat: int = 3) -> float:
 
 
 LITE_PLAIN = dict(vocab_size=8192, dim=128, n_layers=3, n_heads=4, head_dim=32)  # lite dims, switches off
+# Diagnostic: `lite` with unconstrained hyper-connections (no Sinkhorn, same ops otherwise): an upper
+# bound of what a free Sinkhorn would give (not a model to serve: H_res is not doubly stochastic).
+LITE_NO_SINKHORN = dict(hc_unconstrained=True)
 
 
 def make(preset: str, max_len: int):
     torch.manual_seed(0)
     if preset == "lite-plain":
         return build_model("baseline", max_seq_len=max_len, **LITE_PLAIN).eval()
+    if preset == "lite-nosinkhorn":
+        return build_model("lite", max_seq_len=max_len, **LITE_NO_SINKHORN).eval()
     return build_model(preset, max_seq_len=max_len).eval()
 
 
@@ -92,20 +101,25 @@ def single_stream(preset: str, prompt_len: int, new_tokens: int, autocast: bool)
     eng = Engine(model, None, max_batch=1, autocast=autocast, prefill_chunk=prompt_len)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     eng.generate(prompt, params)  # warm-up
-    ttfts, rates = [], []
+    ttfts, rates, cpu_ttfts, cpu_rates = [], [], [], []
     for _ in range(3):
-        t0 = time.perf_counter()
+        # wall clock, and this process's CPU time: on a shared, oversubscribed machine the
+        # latter estimates what one dedicated core would give (1 torch thread)
+        t0, c0 = time.perf_counter(), time.process_time()
         seq = eng.submit(prompt, params)
         while not seq.generated:
             eng.step()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         while not seq.finished:
             eng.step()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         ttfts.append(t1 - t0)
+        cpu_ttfts.append(c1 - c0)
         rates.append((len(seq.generated) - 1) / (t2 - t1))
+        cpu_rates.append((len(seq.generated) - 1) / max(c2 - c1, 1e-9))
     return {"preset": preset, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
-            "bf16_autocast": autocast, "ttft_ms": 1000 * min(ttfts), "decode_tok_s": max(rates)}
+            "bf16_autocast": autocast, "ttft_ms": 1000 * min(ttfts), "decode_tok_s": max(rates),
+            "ttft_cpu_ms": 1000 * min(cpu_ttfts), "decode_tok_per_cpu_s": max(cpu_rates)}
 
 
 def speculative(model, prompt: list[int], new_tokens: int, autocast: bool) -> dict:
@@ -140,41 +154,114 @@ def batched_throughput(preset: str, batch: int, new_tokens: int, autocast: bool)
     return {"preset": preset, "batch": batch, "bf16_autocast": autocast, "tok_s": batch * new_tokens / t}
 
 
+def vs_transformers(prompt_len: int, new_tokens: int) -> dict | None:
+    """Our engine on `baseline` vs HF `generate` on the same-dims Llama (fp32, greedy)."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        return None
+    ours = make("baseline", prompt_len + new_tokens + 8)
+    c = ours.config
+    hf_cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
+                         num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+                         num_key_value_heads=c.n_heads, head_dim=c.head_dim, rms_norm_eps=c.norm_eps,
+                         rope_theta=c.rope_theta, max_position_embeddings=prompt_len + new_tokens + 8,
+                         tie_word_embeddings=c.tie_embeddings, pad_token_id=0, eos_token_id=None)
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(hf_cfg).eval()
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_hf = sum(p.numel() for p in hf.parameters())
+    prompt = torch.randint(0, c.vocab_size, (prompt_len,)).tolist()
+    eng = Engine(ours, None, max_batch=1, autocast=False, prefill_chunk=prompt_len)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    ids = torch.tensor([prompt])
+
+    def hf_run():
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+        assert out.shape[1] == prompt_len + new_tokens
+
+    eng.generate(prompt, params)
+    hf_run()
+    t_ours = t_hf = float("inf")
+    for _ in range(3):  # interleaved: both see the same machine load
+        t_ours = min(t_ours, timed(lambda: eng.generate(prompt, params), repeat=1))
+        t_hf = min(t_hf, timed(hf_run, repeat=1))
+    import transformers
+    return {"preset": "baseline", "params_ours": n_ours, "params_hf_llama": n_hf,
+            "transformers": transformers.__version__, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
+            "ours_tok_s": new_tokens / t_ours, "hf_tok_s": new_tokens / t_hf, "ratio": t_hf / t_ours}
+
+
+def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
+    """Chunked-prefill seconds at each length (one run each: they are long)."""
+    model = make(preset, max(lengths) + 8)
+    secs, cpu = {}, {}
+    for n in lengths:
+        prompt = torch.randint(0, model.config.vocab_size, (n,)).tolist()
+        eng = Engine(model, None, max_batch=1, prefill_chunk=chunk)
+        t, c = time.perf_counter(), time.process_time()
+        eng.generate(prompt, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+        secs[n], cpu[n] = time.perf_counter() - t, time.process_time() - c
+        print(f"prefill {n} tokens: {secs[n]:.1f} s", flush=True)
+        del eng  # free this length's caches before the next
+    lo, hi = min(lengths), max(lengths)
+    return {"preset": preset, "prefill_chunk": chunk, "seconds": secs, "cpu_seconds": cpu,
+            "tokens_ratio": hi / lo, "time_ratio": secs[hi] / secs[lo], "cpu_time_ratio": cpu[hi] / cpu[lo]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/decode.json")
     ap.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run)")
     ap.add_argument("--ckpt", default=None, help="a trained checkpoint for the speculative run")
+    ap.add_argument("--long", action="store_true", help="also the 16k -> 64k prefill (minutes)")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = 16 if args.quick else 64
     machine = {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__,
                "load_avg_at_start": os.getloadavg()}  # a shared machine makes the numbers noisy
     res = {"machine": machine,
-           "cached_vs_recompute": [], "single_stream": [], "speculative": [], "batched": [], "kv_cache": []}
+           "cached_vs_recompute": [], "single_stream": [], "speculative": [], "batched": [], "kv_cache": [],
+           "vs_transformers": [], "long_prefill": []}
 
     def log(key, item):
         res[key].append(item)
         print(key, json.dumps(item), flush=True)
 
-    for preset in ("flagship", "baseline"):
+    def want(section: str) -> bool:
+        return not args.only or section in args.only.split(",")
+
+    for preset in ("flagship", "baseline") if want("cached_vs_recompute") else ():
         log("cached_vs_recompute", cached_vs_recompute(preset, 1024, n // 2, False))
-    for preset in ("lite", "lite-plain"):
+    for preset in ("lite", "lite-plain") if want("single_stream") else ():
         for ac in (False, True, "prefill"):  # fp32, bf16 everywhere, bf16 prefill + fp32 decode
             log("single_stream", single_stream(preset, 256, 2 * n, ac))
-    if args.ckpt:
+    if want("single_stream"):
+        log("single_stream", single_stream("lite-nosinkhorn", 256, 2 * n, "prefill"))
+    if not want("speculative"):
+        pass
+    elif args.ckpt:
         from dsv4.model.load import load_model
         model = load_model(args.ckpt)
     else:
         model = make("lite", 512)
-    gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (64,), generator=gen).tolist()
-    log("speculative", dict(speculative(model, prompt, 2 * n, False), ckpt=args.ckpt or "random lite"))
-    for b in (1, 4, 8):
+    if want("speculative"):
+        gen = torch.Generator().manual_seed(0)
+        prompt = torch.randint(0, model.config.vocab_size, (64,), generator=gen).tolist()
+        log("speculative", dict(speculative(model, prompt, 2 * n, False), ckpt=args.ckpt or "random lite"))
+    for b in (1, 4, 8) if want("batched") else ():
         log("batched", batched_throughput("lite", b, n, False))
-    for preset in ("flagship", "v4-flash"):
+    for preset in ("flagship", "v4-flash") if want("kv_cache") else ():
         log("kv_cache", kv_bytes_per_token(preset, 128 * 1024))
+    hf = vs_transformers(256, 2 * n) if want("vs_transformers") else None
+    if hf is not None:
+        log("vs_transformers", hf)
+    if args.long and want("long_prefill"):
+        log("long_prefill", long_prefill("flagship", (16 * 1024, 64 * 1024), 2048))
     res["machine"]["load_avg_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dsv4.infer.cache import CompressedCache, DenseStore, RingStore, causal_mask
-from dsv4.model.indexer import topk_select
+from dsv4.model.indexer import topk_indices
 from dsv4.model.rope import apply_rope
 
 
@@ -86,9 +86,13 @@ class AttentionCache:
         scores = torch.matmul(qg, kg.transpose(-1, -2)).float()  # [B, G, Hg, T, K]
         mask = raw_mask[:, None, None]
         Kr = scores.shape[-1]
+        sparse = ent is not None and ent.dim() == 4  # CSA: each query's own top-k entries
         if ent is not None:  # G == 1 (compressed layers share one KV head)
             e = ent.to(qg.dtype)
-            s_cmp = torch.matmul(qg.reshape(B, G * Hg * T, D), e.transpose(1, 2)).float()
+            if sparse:  # e [B, T, k, D]: O(T k) instead of scoring all N entries
+                s_cmp = torch.einsum("bghtd,btkd->bghtk", qg, e).float()
+            else:  # HCA (or a dense stage): every entry, masked causally
+                s_cmp = torch.matmul(qg.reshape(B, G * Hg * T, D), e.transpose(1, 2)).float()
             scores = torch.cat([scores, s_cmp.view(B, G, Hg, T, -1)], dim=-1)
             mask = torch.cat([mask.expand(-1, -1, -1, -1, -1), allowed[:, None, None]], dim=-1)
         K = scores.shape[-1]
@@ -100,7 +104,9 @@ class AttentionCache:
             probs = scores.softmax(dim=-1)
         pv = probs.to(vg.dtype)
         out = torch.matmul(pv[..., :Kr], vg)  # [B, G, Hg, T, D]
-        if K > Kr:
+        if K > Kr and sparse:
+            out = out + torch.einsum("bghtk,btkd->bghtd", pv[..., Kr:], e)
+        elif K > Kr:
             out = out + torch.matmul(pv[..., Kr:].reshape(B, G * Hg * T, -1), e).view_as(out)
         return out.permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
 
@@ -120,7 +126,12 @@ class AttentionCache:
             return ent, visible
         keys = self._update(self.idx, attn.indexer.compressor, x, pos, rows)
         scores = attn.indexer.scores(x, qr, keys, freqs)  # [B, T, N]
-        return ent, topk_select(scores, visible, attn.indexer.topk)
+        # Gather each query's top-k entries ([B, T, k, d], validity [B, T, k]) rather than
+        # masking all N: attention to the selected blocks costs O(T k), not O(T N) (CSA).
+        idx, ok = topk_indices(scores, visible, attn.indexer.topk)
+        B, T, k = idx.shape
+        picked = ent.gather(1, idx.reshape(B, T * k, 1).expand(-1, -1, ent.shape[-1]))
+        return picked.view(B, T, k, ent.shape[-1]), ok
 
     def _update(self, cache: CompressedCache, comp, x, pos, rows) -> torch.Tensor:
         kv, score = comp.project(x)  # per token, fp32 [B, T, coff*d]

@@ -189,6 +189,7 @@ class Engine:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     # ---- one step of continuous batching --------------------------------------------------
+    @torch.inference_mode()  # once per step: no autograd bookkeeping for any tensor made in it
     def step(self) -> list[Delta]:
         while self.waiting and self.free_slots:
             seq = self.waiting.popleft()
