@@ -218,3 +218,22 @@ def test_parse_assistant_inverts_render():
 def test_bad_messages(messages):
     with pytest.raises(UserError):
         render_chat(messages)
+
+
+def test_tool_call_ids_take_the_callers_prefix():
+    call = '<|tool_call|>{{"name": "{}", "arguments": {{}}}}<|/tool_call|>'
+    body = call.format("f") + call.format("g")
+    assert [c["id"] for c in parse_assistant(body)["tool_calls"]] == ["call_0", "call_1"]
+    ids = [c["id"] for c in parse_assistant(body, id_prefix="call_ab_")["tool_calls"]]
+    assert ids == ["call_ab_0", "call_ab_1"]
+
+
+def test_server_responses_never_repeat_tool_call_ids():
+    from dsv4.serve.chatstate import ChatText
+
+    ids = []
+    for _ in range(3):
+        state = ChatText()
+        state.feed('<|tool_call|>{"name": "f", "arguments": {"x": 1}}<|/tool_call|>', final=True)
+        ids += [c["id"] for c in state.message()["tool_calls"]]
+    assert len(set(ids)) == 3

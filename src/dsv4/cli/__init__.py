@@ -15,19 +15,20 @@ import sys
 from dsv4 import __version__
 from dsv4.errors import UserError
 
-# Modules that each define `register(subparsers)`. Add a line for a new concern.
+# Modules that each define `register(subparsers)`, in the order `dsv4 --help` lists them
+# (the order of the recipe). Add a line for a new concern.
 COMMAND_MODULES = [
-    "dsv4.cli.model",
-    "dsv4.cli.serve",
-    "dsv4.cli.chat",
+    "dsv4.cli.quickstart",
     "dsv4.cli.data",
-    "dsv4.cli.eval",
-    "dsv4.cli.tasks",
     "dsv4.cli.train",
     "dsv4.cli.generate",
-    "dsv4.cli.quickstart",
+    "dsv4.cli.chat",
+    "dsv4.cli.serve",
+    "dsv4.cli.eval",
+    "dsv4.cli.posttrain",  # `dsv4 report` (and the sft/rl/distill stages under `train`)
+    "dsv4.cli.tasks",
+    "dsv4.cli.model",
     "dsv4.cli.convert",
-    "dsv4.cli.posttrain",
 ]
 
 

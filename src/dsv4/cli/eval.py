@@ -13,7 +13,7 @@ from dsv4.errors import UserError
 
 
 def register(sub) -> None:
-    esub = command_group(sub, "eval", "evaluate models (HumanEval)", "BENCHMARK")
+    esub = command_group(sub, "eval", "evaluate models (HumanEval, held-out tasks)", "BENCHMARK")
     p = esub.add_parser(
         "humaneval", help="HumanEval pass@k (sandboxed unit tests)",
         description="Score HumanEval completions in the sandbox. One source: --ckpt DIR (our model), "

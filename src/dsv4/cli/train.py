@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--muon-lr", type=float, default=None, help="Muon peak lr (default 0.02)")
     s.add_argument("--warmup-steps", type=int, default=None)
     s.add_argument(
+        "--indexer-warmup-steps", type=int, default=None,
+        help="DSA stage 1: train only the lightning indexer for N steps, then everything (default 0)",
+    )
+    s.add_argument(
         "--eval-every", type=int, default=None, help="steps between val bits-per-byte (default 100)"
     )
     s.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default 200)")
@@ -87,6 +91,7 @@ def train_config_from_args(args: argparse.Namespace):
         ("lr", "lr"),
         ("muon_lr", "muon_lr"),
         ("warmup_steps", "warmup_steps"),
+        ("indexer_warmup_steps", "indexer_warmup_steps"),
         ("eval_every", "eval_every"),
         ("save_every", "save_every"),
         ("compile", "compile"),

@@ -125,8 +125,11 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True) -> str
 _SPLIT = re.compile("(" + "|".join(re.escape(t) for t in S.SPECIAL_TOKENS) + ")")
 
 
-def parse_assistant(text: str) -> dict:
+def parse_assistant(text: str, id_prefix: str = "call_") -> dict:
     """Parse a generated assistant turn (the text after `<|assistant|>`) into a message.
+
+    Tool-call ids are `id_prefix` + their index; a server passes a prefix unique to the
+    response, so that ids never repeat across the turns of a conversation (as OpenAI's).
 
     Stops at the first `<|end|>` or `<|endoftext|>`. Returns `{"role": "assistant",
     "content", ["reasoning_content"], ["tool_calls"]}` with OpenAI-shaped tool calls
@@ -150,7 +153,7 @@ def parse_assistant(text: str) -> dict:
             if call is None:
                 content.append(S.TOOL_CALL + body + S.END_TOOL_CALL)
             else:
-                call["id"] = f"call_{len(calls)}"
+                call["id"] = f"{id_prefix}{len(calls)}"
                 calls.append(call)
             continue
         content.append(p)

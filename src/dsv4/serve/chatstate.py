@@ -10,6 +10,7 @@ JSON). `parse_assistant` (dsv4.data.chat) is the one parser of that format.
 from __future__ import annotations
 
 import json
+import uuid
 
 from dsv4.data import specials as S
 from dsv4.data.chat import parse_assistant
@@ -33,6 +34,7 @@ def tools_system_text(functions: list[dict], tool_choice=None) -> str:
 
 class ChatText:
     def __init__(self):
+        self.call_id_prefix = f"call_{uuid.uuid4().hex[:16]}_"
         self.text = ""
         self.sent_content = ""
         self.sent_reasoning = ""
@@ -58,5 +60,6 @@ class ChatText:
         return delta
 
     def message(self) -> dict:
-        """The whole assistant message (content, reasoning_content, tool_calls)."""
-        return parse_assistant(self.text)
+        """The whole assistant message (content, reasoning_content, tool_calls), with tool-call
+        ids unique to this response."""
+        return parse_assistant(self.text, id_prefix=self.call_id_prefix)

@@ -42,6 +42,9 @@ class TrainConfig:
     warmup_steps: int = 20
     decay: str = "cosine"  # cosine | linear | constant
     min_lr_frac: float = 0.1  # the schedule ends at this fraction of the peak
+    # DSA stage 1: the first N steps train only the lightning indexer against the dense
+    # attention (V3.2 uses 1000 steps at lr 1e-3); then the sparse stage (train/indexer_stage.py)
+    indexer_warmup_steps: int = 0
 
     # ---- evaluation, checkpoints, logging ------------------------------------------------
     eval_every: int = 100  # steps between validation bits-per-byte (0: only at the end)
@@ -74,6 +77,7 @@ class TrainConfig:
             self.warmup_steps >= 0 and self.eval_every >= 0 and self.save_every >= 0,
             "step counts must be >= 0",
         )
+        need(self.indexer_warmup_steps >= 0, "--indexer-warmup-steps must be >= 0")
         need(self.eval_tokens > 0, "eval_tokens must be > 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         need(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")

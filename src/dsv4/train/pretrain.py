@@ -34,6 +34,7 @@ from dsv4.model.transformer import Transformer
 from dsv4.train import checkpoint as ck
 from dsv4.train import distributed as D
 from dsv4.train.config import RESUMABLE_OVERRIDES, TrainConfig
+from dsv4.train.indexer_stage import IndexerSchedule
 from dsv4.train.loader import TokenLoader, eval_batches
 from dsv4.train.metrics import MetricsLog, flops_per_token, peak_flops
 from dsv4.train.optim import build_optimizers
@@ -194,6 +195,7 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
     if env.distributed:
         D.shard_model(model)
     optimizers = build_optimizers(model, cfg)
+    indexer_schedule = IndexerSchedule(model, cfg.indexer_warmup_steps)  # after the optimizers: it freezes
     if batches is not None:
         loader = batches(seq_len, cfg.seed, env.rank, env.world_size)
     else:
@@ -280,6 +282,7 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
             lrs = set_lr(optimizers, lr_multiplier(step, frac, cfg.warmup_steps, cfg.decay, cfg.min_lr_frac))
             if has_progress_hook:
                 model.set_training_progress(frac)
+            indexer_schedule.update(step)
             x, y = loader.next_batch()
             x, y = x.to(env.device), y.to(env.device)
             if prefetcher.layers:

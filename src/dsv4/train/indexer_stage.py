@@ -1,0 +1,42 @@
+"""DSA indexer training schedule (DeepSeek-V3.2 sparse attention, SPEC 1.3).
+
+Stage 1, dense warm-up (the first `indexer_warmup_steps` steps): the main attention reads
+every complete compressed entry, and only the lightning indexer learns, from its KL loss
+to the attention distribution; every other parameter is frozen. Stage 2, sparse: top-k
+selection on, everything learns; the indexer's input is detached inside the attention, so
+it still learns only from its KL loss. The stage is a pure function of the step, so a
+resumed run lands in the same stage with the same frozen set.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dsv4.errors import UserError
+from dsv4.model.attention import set_indexer_stage
+
+
+def indexer_parameter(name: str) -> bool:
+    return ".indexer." in name
+
+
+class IndexerSchedule:
+    def __init__(self, model: nn.Module, warmup_steps: int):
+        self.model, self.warmup_steps = model, warmup_steps
+        self.stage: str | None = None
+        if warmup_steps and not any(indexer_parameter(n) for n, _ in model.named_parameters()):
+            raise UserError(
+                "--indexer-warmup-steps needs CSA layers (compress ratio 4) with a lightning indexer; "
+                "this model has none"
+            )
+
+    def update(self, step: int) -> str:
+        """Set the stage for the optimizer step about to run (0-based `step`); returns it."""
+        stage = "dense" if step < self.warmup_steps else "sparse"
+        if stage != self.stage:
+            set_indexer_stage(self.model, stage)
+            for name, p in self.model.named_parameters():
+                if not indexer_parameter(name):
+                    p.requires_grad_(stage == "sparse")
+            self.stage = stage
+        return stage
