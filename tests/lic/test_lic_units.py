@@ -265,10 +265,11 @@ def test_find_cut_keeps_tool_results_with_their_call():
         {"role": "tool", "tool_call_id": "1", "content": "r" * 400},
         {"role": "assistant", "content": "done"},
     ]
+    before = json.dumps(msgs)
     for keep in range(0, 400, 20):
         cut = find_cut(msgs, keep)
         assert msgs[cut]["role"] != "tool"
-    assert json.dumps(msgs)  # untouched
+    assert json.dumps(msgs) == before  # untouched
 
 
 def test_headless_path_imports_nothing_heavy():

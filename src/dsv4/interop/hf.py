@@ -362,10 +362,6 @@ def _check_shape(name: str, got: tuple, want: tuple, source: str) -> None:
         raise UserError(f"{source}: {name} has shape {tuple(got)}, the config implies {tuple(want)}")
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-
 def _out_dtype(src_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
     return dtype if dtype is not None and src_dtype.is_floating_point else src_dtype
 

@@ -81,7 +81,6 @@ DS_TOP = [("hc_head.phi", "hc_head_fn"), ("hc_head.alpha", "hc_head_scale"), ("h
 MTP_OWN = ("enorm.", "hnorm.", "e_proj.", "h_proj.", "norm.", "hc_head")
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
-_EXPERT = re.compile(r"^ffn\.experts\.(\d+)\.(w[123])\.weight$")
 
 
 def _swap(suffix: str, table: list[tuple[str, str]], forward: bool) -> str | None:
@@ -97,25 +96,8 @@ def split_layer(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
-def expert_of(suffix: str) -> tuple[int, str] | None:
-    """(expert index, "w1"|"w2"|"w3") for a layer suffix naming a routed expert weight."""
-    m = _EXPERT.match(suffix)
-    return (int(m.group(1)), m.group(2)) if m else None
-
-
-def ours_to_hf(name: str) -> str | None:
-    """transformers' name of one of our tensors; None for experts (stacked) and unmapped ones."""
-    top = _swap(name, HF_TOP, True)
-    if top is not None:
-        return top
-    layer = split_layer(name)
-    if layer is None:
-        return None
-    theirs = _swap(layer[1], HF_LAYER, True)
-    return f"model.layers.{layer[0]}.{theirs}" if theirs else None
-
-
 def hf_to_ours(name: str) -> str | None:
+    """Our name of a transformers tensor; None for stacked experts and unmapped ones."""
     top = _swap(name, HF_TOP, False)
     if top is not None:
         return top
