@@ -156,6 +156,9 @@ def test_hostile_completions_harm_nothing(task, tmp_path, monkeypatch):
 def test_think_format():
     good = "<think>Rotate by slicing.</think>```python\ndef f():\n    return 1\n```<|end|>"
     assert think_format_ok(good)
+    # only the turn counts: think tags after its end (or after an EOS) do not spoil it
+    assert think_format_ok(good + "<think>more</think>")
+    assert think_format_ok(good.replace("<|end|>", "<|endoftext|>") + "</think>")
     assert not think_format_ok("```python\ndef f():\n    return 1\n```")  # no reasoning
     assert not think_format_ok("<think>  </think>```python\nx\n```")  # empty reasoning
     assert not think_format_ok("<think>a</think><think>b</think>```python\nx\n```")

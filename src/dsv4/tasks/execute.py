@@ -46,10 +46,9 @@ def _verdict(res: dict, duration: float) -> TestRun:
 def _run(units: list[tuple[str, tuple[TestCase, ...]]], limits: SandboxLimits) -> list[TestRun]:
     nonce = harness.new_nonce()
     sres = run_python(harness.build(units), stdin=nonce + "\n", limits=limits)
-    if sres.status in ("timeout", "memory"):
-        return [TestRun(sres.status, 0, len(t), sres.duration, sres.stderr[-300:]) for _, t in units]
-    if sres.status == "error":
-        return [TestRun("sandbox_error", 0, len(t), sres.duration, sres.stderr[-300:]) for _, t in units]
+    if sres.status in ("timeout", "memory", "error"):
+        status = "sandbox_error" if sres.status == "error" else sres.status
+        return [TestRun(status, 0, len(t), sres.duration, sres.stderr[-300:]) for _, t in units]
     parsed = harness.parse(sres.stdout, nonce)
     if parsed is None or len(parsed) != len(units):
         # No verdict line: the program exited early (sys.exit in a test, os._exit, a crash).

@@ -8,7 +8,7 @@ aggregate that needs an empty-input rule).
 
 from __future__ import annotations
 
-from dsv4.tasks.registry import family, ints, sentence
+from dsv4.tasks.registry import NUMS, family, ints, sentence
 from dsv4.tasks.task import Spec
 
 # -- integer pipelines: filter -> map -> aggregate -------------------------------------------
@@ -90,7 +90,7 @@ def int_pipeline(r):
     return Spec(
         params={**fp, **mp, "agg": agg},
         name=name,
-        args=[("nums", "list[int]")],
+        args=NUMS,
         returns=ret,
         doc=doc,
         body=body,
@@ -188,7 +188,7 @@ def sort_take(r):
     return Spec(
         params={"k": k, "order": order, "agg": agg},
         name=f"{agg}_of_{order}_{k}",
-        args=[("nums", "list[int]")],
+        args=NUMS,
         returns="list[int]" if agg == "list" else "int",
         doc=f"Sort nums from {order} to {'smallest' if order == 'largest' else 'largest'}, take the first "
         f"{k} values (all of them if there are fewer), and {phrase}.",

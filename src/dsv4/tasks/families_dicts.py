@@ -58,31 +58,34 @@ def char_positions(r):
 @family("dicts")
 def invert_dict(r):
     mode = r.choice(["lists", "last_wins"])
-    if mode == "lists":
-        return Spec(
-            params={"mode": mode},
-            name="invert_to_lists",
-            args=D,
-            returns="dict[int, list[str]]",
-            doc="Invert d: map each value to the alphabetically sorted list of keys that have it.",
-            body="out = {}\nfor k in sorted(d):\n    out.setdefault(d[k], []).append(k)\nreturn out",
-            gen=lambda r: (str_int_dict(r, 6, 0, 3),),
-            edge=[({},)],
-            difficulty=2,
-            plan="Iterate over keys in sorted order and append each to its value's list.",
-        )
+    name, returns, doc, body, plan = {
+        "lists": (
+            "invert_to_lists",
+            "dict[int, list[str]]",
+            "Invert d: map each value to the alphabetically sorted list of keys that have it.",
+            "out = {}\nfor k in sorted(d):\n    out.setdefault(d[k], []).append(k)\nreturn out",
+            "Iterate over keys in sorted order and append each to its value's list.",
+        ),
+        "last_wins": (
+            "invert_smallest_key",
+            "dict[int, str]",
+            "Invert d: map each value to a key that has it; when several keys share a value, use "
+            "the alphabetically smallest of them.",
+            "out = {}\nfor k in sorted(d, reverse=True):\n    out[d[k]] = k\nreturn out",
+            "Visit keys from largest to smallest so the smallest key is written last.",
+        ),
+    }[mode]
     return Spec(
         params={"mode": mode},
-        name="invert_smallest_key",
+        name=name,
         args=D,
-        returns="dict[int, str]",
-        doc="Invert d: map each value to a key that has it; when several keys share a value, use "
-        "the alphabetically smallest of them.",
-        body="out = {}\nfor k in sorted(d, reverse=True):\n    out[d[k]] = k\nreturn out",
+        returns=returns,
+        doc=doc,
+        body=body,
         gen=lambda r: (str_int_dict(r, 6, 0, 3),),
         edge=[({},)],
         difficulty=2,
-        plan="Visit keys from largest to smallest so the smallest key is written last.",
+        plan=plan,
     )
 
 

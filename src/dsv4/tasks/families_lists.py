@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dsv4.tasks.registry import family, ints
+from dsv4.tasks.registry import NUMS, family, ints
 from dsv4.tasks.task import Spec
-
-NUMS = [("nums", "list[int]")]
 
 
 @family("lists")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsv4.tasks.registry import family
+from dsv4.tasks.registry import NUMS, family
 from dsv4.tasks.task import Spec
 
 N = [("n", "int")]
@@ -279,7 +279,7 @@ def gcd_lcm(r):
     return Spec(
         params={"mode": mode},
         name=f"list_{mode}",
-        args=[("nums", "list[int]")],
+        args=NUMS,
         returns="int",
         doc=doc,
         body=body,

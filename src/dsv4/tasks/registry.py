@@ -36,6 +36,10 @@ def family(category: str):
     return deco
 
 
+# The argument list of the many families that take one list of integers.
+NUMS = [("nums", "list[int]")]
+
+
 # -- random inputs ------------------------------------------------------------------------
 
 WORDS = (

@@ -65,20 +65,10 @@ _THINK_RE = re.compile(rf"\s*{re.escape(S.THINK)}(.*?){re.escape(S.END_THINK)}(.
 _FENCE_RE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n.*?```", re.DOTALL)
 
 
-def _turn(completion: str) -> str:
-    """The completion up to the end of the turn (what the model said, nothing after)."""
-    cut = len(completion)
-    for stop in (S.END, S.EOS):
-        i = completion.find(stop)
-        if i != -1:
-            cut = min(cut, i)
-    return completion[:cut]
-
-
 def think_format_ok(completion: str, style: str = "chat") -> bool:
     """`<think>` + non-empty reasoning + `</think>` + an answer (a code block in chat style),
     with no other think tags."""
-    turn = _turn(completion)
+    turn = truncate_at_stops(completion, [S.END, S.EOS])  # the turn: nothing after its end
     if turn.count(S.THINK) != 1 or turn.count(S.END_THINK) != 1:
         return False
     m = _THINK_RE.fullmatch(turn)
