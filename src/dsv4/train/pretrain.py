@@ -78,6 +78,13 @@ def train_step(
     with _autocast(x.device, autocast):
         loss, stats = loss_fn(model, x, y) if loss_fn is not None else model.loss(x, y)
     loss.backward()
+    return loss, stats, apply_gradients(model, optimizers, grad_clip)
+
+
+def apply_gradients(model, optimizers: list, grad_clip: float) -> torch.Tensor:
+    """After backward: global grad-norm clipping (when grad_clip > 0), every optimizer's step,
+    zeroed grads, then the model's non-gradient updates. Returns the pre-clip grad norm.
+    Shared by pretraining (train_step) and the RL update (rl.update_step)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if grad_clip > 0:
         gnorm = _local(torch.nn.utils.clip_grad_norm_(params, grad_clip))
@@ -88,7 +95,7 @@ def train_step(
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     model.after_optimizer_step()
-    return loss, stats, gnorm
+    return gnorm
 
 
 @torch.no_grad()
@@ -126,7 +133,7 @@ def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, dict | Non
     if latest is None:
         raise UserError(f"--resume: no checkpoint in {out} (no `latest` file); drop --resume to start fresh")
     state = ck.read_train_state(latest)
-    saved = TrainConfig.from_dict(state.get("train_config", {}))
+    saved = type(cfg).from_dict(state.get("train_config", {}))  # RLConfig for rl.py
     merged = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES})
     return merged, latest, state
 
