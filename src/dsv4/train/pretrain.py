@@ -104,15 +104,15 @@ def evaluate_bpb(model, data, seq_len: int, cfg: TrainConfig, env: D.DistEnv) ->
     bpb = nats/token * n_val_tokens / (ln 2 * val_bytes)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=env.device), 0  # one host sync, at the end
     batch = max(1, cfg.batch_size // env.world_size)
     for x, y in eval_batches(data.val, seq_len, cfg.eval_tokens, batch, env.rank, env.world_size):
         x, y = x.to(env.device), y.to(env.device)
         with _autocast(env.device, cfg.autocast):
             logits = model(x)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
         count += y.numel()
-    total, count = D.sum_over_ranks(env, [total, float(count)])
+    total, count = D.sum_over_ranks(env, [total.item(), float(count)])
     model.train(was_training)
     nats = total / count
     meta = data.meta
