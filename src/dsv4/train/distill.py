@@ -64,7 +64,7 @@ def kd_loss_fn(teacher, kd_coef: float, temperature: float):
         with torch.no_grad():
             t_logits = teacher(x)
         kd = forward_kl(seen[0], t_logits, temperature=temperature)
-        stats = dict(stats, kd_loss=kd.item())
+        stats = dict(stats, kd_loss=kd.detach())  # a device scalar: pretrain syncs once per step
         return loss + kd_coef * kd, stats
 
     return loss_fn

@@ -69,6 +69,17 @@ def _local(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def _scalar(v) -> bool:
+    """A loggable stat: a Python number or a 0-dim tensor (left on the device until logging)."""
+    return isinstance(v, (int, float)) or (torch.is_tensor(v) and v.dim() == 0)
+
+
+def _to_host(values: list, device: torch.device) -> list[float]:
+    """Python floats of numbers and 0-dim tensors, with one device-to-host copy for all."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).detach()
+                        for v in values]).tolist()
+
+
 def train_step(
     model, optimizers: list, x: torch.Tensor, y: torch.Tensor, grad_clip: float, autocast: bool, loss_fn=None
 ):
@@ -301,8 +312,8 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
 
-            names = sorted(k for k, v in stats.items() if isinstance(v, (int, float)))
-            reduced = D.mean_over_ranks(env, [loss.item(), float(gnorm)] + [float(stats[k]) for k in names])
+            names = sorted(k for k, v in stats.items() if _scalar(v))
+            reduced = D.mean_over_ranks(env, _to_host([loss, gnorm] + [stats[k] for k in names], env.device))
             last_loss = reduced[0]
             if first_loss is None:
                 first_loss = last_loss
