@@ -64,7 +64,7 @@ def kd_loss_fn(teacher, kd_coef: float, temperature: float):
         with torch.no_grad():
             t_logits = teacher(x)
         kd = forward_kl(seen[0], t_logits, temperature=temperature)
-        stats = dict(stats, kd_loss=kd.item())
+        stats = dict(stats, kd_loss=kd.detach())  # a device scalar: pretrain syncs once per step
         return loss + kd_coef * kd, stats
 
     return loss_fn
@@ -85,7 +85,7 @@ def distill(cfg: DistillConfig) -> dict:
     from dsv4.train.checkpoint import latest_checkpoint
     from dsv4.train.pretrain import pretrain
     from dsv4.train.rl import RLConfig, rl
-    from dsv4.train.sft import open_init
+    from dsv4.train.sft import open_corpus, open_init
 
     cfg.validate()
     teacher_path, tok, data_dir = open_init(cfg.teacher)
@@ -95,12 +95,8 @@ def distill(cfg: DistillConfig) -> dict:
     result: dict = {}
     student = None
     if cfg.mode in ("offpolicy", "both"):
-        from dsv4.train.pretrain import open_data
-
-        src = t.data_dir if Path(t.data_dir, "meta.json").exists() else data_dir
-        if not src or not Path(src, "meta.json").exists():
-            raise UserError("off-policy distillation needs the corpus: pass --data (the teacher's data dir)")
-        data = open_data(src, expected_fingerprint=tok.fingerprint, build_if_missing=False)
+        need = "off-policy distillation needs the corpus: pass --data (the teacher's data dir)"
+        src, data = open_corpus(t.data_dir, data_dir, tok.fingerprint, need)
         teacher = load_model(teacher_path).eval().requires_grad_(False)
         off_dir = out / "offpolicy" if cfg.mode == "both" else out
         done = cfg.mode == "both" and (off_dir / "summary.done").exists()

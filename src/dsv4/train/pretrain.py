@@ -69,6 +69,17 @@ def _local(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def _scalar(v) -> bool:
+    """A loggable stat: a Python number or a 0-dim tensor (left on the device until logging)."""
+    return isinstance(v, (int, float)) or (torch.is_tensor(v) and v.dim() == 0)
+
+
+def _to_host(values: list, device: torch.device) -> list[float]:
+    """Python floats of numbers and 0-dim tensors, with one device-to-host copy for all."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).detach()
+                        for v in values]).tolist()
+
+
 def train_step(
     model, optimizers: list, x: torch.Tensor, y: torch.Tensor, grad_clip: float, autocast: bool, loss_fn=None
 ):
@@ -78,6 +89,13 @@ def train_step(
     with _autocast(x.device, autocast):
         loss, stats = loss_fn(model, x, y) if loss_fn is not None else model.loss(x, y)
     loss.backward()
+    return loss, stats, apply_gradients(model, optimizers, grad_clip)
+
+
+def apply_gradients(model, optimizers: list, grad_clip: float) -> torch.Tensor:
+    """After backward: global grad-norm clipping (when grad_clip > 0), every optimizer's step,
+    zeroed grads, then the model's non-gradient updates. Returns the pre-clip grad norm.
+    Shared by pretraining (train_step) and the RL update (rl.update_step)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if grad_clip > 0:
         gnorm = _local(torch.nn.utils.clip_grad_norm_(params, grad_clip))
@@ -88,7 +106,7 @@ def train_step(
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     model.after_optimizer_step()
-    return loss, stats, gnorm
+    return gnorm
 
 
 @torch.no_grad()
@@ -97,15 +115,15 @@ def evaluate_bpb(model, data, seq_len: int, cfg: TrainConfig, env: D.DistEnv) ->
     bpb = nats/token * n_val_tokens / (ln 2 * val_bytes)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=env.device), 0  # one host sync, at the end
     batch = max(1, cfg.batch_size // env.world_size)
     for x, y in eval_batches(data.val, seq_len, cfg.eval_tokens, batch, env.rank, env.world_size):
         x, y = x.to(env.device), y.to(env.device)
         with _autocast(env.device, cfg.autocast):
             logits = model(x)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
         count += y.numel()
-    total, count = D.sum_over_ranks(env, [total, float(count)])
+    total, count = D.sum_over_ranks(env, [total.item(), float(count)])
     model.train(was_training)
     nats = total / count
     meta = data.meta
@@ -126,7 +144,7 @@ def _resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None, dict | Non
     if latest is None:
         raise UserError(f"--resume: no checkpoint in {out} (no `latest` file); drop --resume to start fresh")
     state = ck.read_train_state(latest)
-    saved = TrainConfig.from_dict(state.get("train_config", {}))
+    saved = type(cfg).from_dict(state.get("train_config", {}))  # RLConfig for rl.py
     merged = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES})
     return merged, latest, state
 
@@ -294,8 +312,8 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
 
-            names = sorted(k for k, v in stats.items() if isinstance(v, (int, float)))
-            reduced = D.mean_over_ranks(env, [loss.item(), float(gnorm)] + [float(stats[k]) for k in names])
+            names = sorted(k for k, v in stats.items() if _scalar(v))
+            reduced = D.mean_over_ranks(env, _to_host([loss, gnorm] + [stats[k] for k in names], env.device))
             last_loss = reduced[0]
             if first_loss is None:
                 first_loss = last_loss

@@ -19,7 +19,6 @@ position and RNG states, so that `resume` continues the run.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -154,6 +153,7 @@ def update_step(model, optimizers: list, cfg: RLConfig, prompts: list, comps: li
     """One optimizer step on sampled completions: the GRPO loss (with `advantages` [B]) or,
     with a `teacher`, the on-policy distillation loss. Returns the step's stats."""
     from dsv4.train.distill_loss import onpolicy_distill_loss
+    from dsv4.train.pretrain import apply_gradients
 
     x, y, mask = pack_completions(prompts, comps, pad_id)
     x, y, mask = x.to(device), y.to(device), mask.to(device)
@@ -169,15 +169,9 @@ def update_step(model, optimizers: list, cfg: RLConfig, prompts: list, comps: li
     else:
         loss, stats = onpolicy_distill_loss(logp, old_logp, t_logp, mask)
     loss.backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-    for opt in optimizers:
-        opt.step()
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    model.after_optimizer_step()
+    gnorm = apply_gradients(model, optimizers, cfg.grad_clip)
     return {"loss": loss.item(), "entropy": float((ent * mask).sum() / mask.sum().clamp(min=1)),
-            "grad_norm": float(gnorm) if gnorm is not None else 0.0,
+            "grad_norm": float(gnorm),
             **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
 
 
@@ -199,19 +193,10 @@ def rl(cfg: RLConfig) -> dict:
     from dsv4.train.schedule import lr_multiplier, run_progress, set_lr
 
     cfg.validate()
-    out = Path(cfg.out_dir)
-    latest = ck.latest_checkpoint(out) if out.exists() else None
-    state = None
-    if latest is not None and not cfg.resume:
-        raise UserError(f"{out} already holds a checkpoint ({latest.name}); pass --resume or another --out")
-    if cfg.resume and latest is None:
-        raise UserError(f"--resume: no checkpoint in {out}; drop --resume to start fresh")
-    if latest is not None:
-        state = ck.read_train_state(latest)
-        saved = RLConfig.from_dict(state["train_config"])
-        from dsv4.train.config import RESUMABLE_OVERRIDES
+    from dsv4.train.pretrain import _resolve_run
 
-        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES})
+    cfg, latest, state = _resolve_run(cfg)
+    out = Path(cfg.out_dir)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")

@@ -129,17 +129,26 @@ def open_init(init: str | Path):
     return path, load_tokenizer(path), data_dir
 
 
+def open_corpus(given: str, recorded: str | None, fingerprint: str, missing: str):
+    """(path, DataDir) of the corpus: `given` if it is a data dir, else the one the init
+    checkpoint `recorded`; its tokenizer must be `fingerprint`. UserError(`missing`) if neither."""
+    from dsv4.train.pretrain import open_data
+
+    src = given if Path(given, "meta.json").exists() else recorded
+    if not src or not Path(src, "meta.json").exists():
+        raise UserError(missing)
+    return src, open_data(src, expected_fingerprint=fingerprint, build_if_missing=False)
+
+
 def sft(cfg, init: str | Path, tasks: list | None = None, data=None, think: bool = True) -> dict:
     """Fine-tune the `init` checkpoint on `tasks` (default: `sft_tasks()`) with the pretraining
     loop; `data` (a DataDir with the same tokenizer) supplies the validation bits-per-byte."""
-    from dsv4.train.pretrain import open_data, pretrain
+    from dsv4.train.pretrain import pretrain
 
     path, tok, data_dir = open_init(init)
     if data is None:
-        src = cfg.data_dir if Path(cfg.data_dir, "meta.json").exists() else data_dir
-        if not src or not Path(src, "meta.json").exists():
-            raise UserError(f"no data dir for validation: pass --data-dir (the corpus {init} was trained on)")
-        data = open_data(src, expected_fingerprint=tok.fingerprint, build_if_missing=False)
+        need = f"no data dir for validation: pass --data-dir (the corpus {init} was trained on)"
+        data = open_corpus(cfg.data_dir, data_dir, tok.fingerprint, need)[1]
     if data.tokenizer.fingerprint != tok.fingerprint:
         raise UserError(f"the data dir's tokenizer differs from the checkpoint's ({path})")
     examples = encode_examples(tok, tasks if tasks is not None else sft_tasks(), think=think)
