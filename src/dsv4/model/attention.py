@@ -298,4 +298,4 @@ class Attention(nn.Module):
         n_csa = sum(1 for r in self.cfg.compress_ratios if r == 4)
         ctx.aux_losses["indexer"] = ctx.aux_losses.get("indexer", 0.0) + kl / n_csa
         if not torch.compiler.is_compiling():
-            ctx.stats["indexer_kl"] = ctx.stats.get("indexer_kl", 0.0) + float(kl.detach()) / n_csa
+            ctx.stats["indexer_kl"] = ctx.stats.get("indexer_kl", 0.0) + kl.detach() / n_csa

@@ -105,7 +105,7 @@ class Engram(nn.Module):
         u = alpha.unsqueeze(-1) * value.float().unsqueeze(2)  # [B, T, n, D]
         y = self._short_conv(u) + u
         if ctx is not None and self.training and not torch.compiler.is_compiling():  # logging only
-            ctx.stats[f"engram_gate_l{self.layer_id}"] = alpha.mean().item()
+            ctx.stats[f"engram_gate_l{self.layer_id}"] = alpha.detach().mean()
         out = h + y.to(h.dtype)
         return out.squeeze(2) if single else out
 

@@ -49,13 +49,14 @@ class ForwardContext:
     Sublayers take `(h, ctx)` so that a new need (token ids for Engram hashing and
     hash routing, a cache, a diagnostic) adds a field here instead of changing every
     signature. `aux_losses` are added to the training loss by `Transformer.loss`;
-    `stats` are floats logged by the training loop.
+    `stats` are detached 0-dim tensors (no host sync per layer during the forward),
+    turned into the floats the training loop logs by `Transformer.loss`.
     """
 
     ids: torch.Tensor
     freqs: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
     # mHC diagnostics: when a list, every HyperConnection appends its comb (first sequence).
     hc_record: list | None = None
     # attention (attn helper): RoPE table of CSA/HCA layers for the same positions as
@@ -174,7 +175,7 @@ class Transformer(nn.Module):
             total = total + self.mtp_weight * mtp
             stats["mtp_loss"] = mtp.item()
             stats["mtp_weight"] = self.mtp_weight
-        stats.update(ctx.stats)
+        stats.update((k, float(v)) for k, v in ctx.stats.items())  # one sync after the forward
         for name, value in ctx.aux_losses.items():
             total = total + value
             stats[f"{name}_loss"] = value.item()
