@@ -299,7 +299,7 @@ class Attention(nn.Module):
         return out[:, :T]
 
     def _add_indexer_loss(self, ctx, kl: torch.Tensor) -> None:
-        n_csa = sum(1 for r in self.cfg.compress_ratios if r == 4)
+        n_csa = self.cfg.compress_ratios.count(4)
         ctx.aux_losses["indexer"] = ctx.aux_losses.get("indexer", 0.0) + kl / n_csa
         if not torch.compiler.is_compiling():
             ctx.stats["indexer_kl"] = ctx.stats.get("indexer_kl", 0.0) + kl.detach() / n_csa

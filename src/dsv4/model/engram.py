@@ -114,12 +114,18 @@ class Engram(nn.Module):
         B, T, n, D = u.shape
         z = self._rms(u, self.conv_norm).reshape(B, T, n * D).transpose(1, 2)  # [B, C, T]
         z = F.pad(z, ((self.kernel_size - 1) * self.dilation, 0))  # left pad only: causal
-        w = self.conv_weight.view(n * D, 1, self.kernel_size)
+        return self.conv_silu(z)
+
+    def conv_silu(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, n*D, reach + T] (the reach = (kernel-1)*dilation steps before each output: zero
+        padding, or a decoder's real past) -> SiLU(depthwise dilated conv) [B, T, n, D] fp32."""
+        C = z.shape[1]
+        w = self.conv_weight.view(C, 1, self.kernel_size)
         if torch.is_autocast_enabled(z.device.type):
             w = w.to(torch.get_autocast_dtype(z.device.type))
             z = z.to(w.dtype)
-        z = F.conv1d(z, w, dilation=self.dilation, groups=n * D)
-        return F.silu(z).transpose(1, 2).reshape(B, T, n, D).float()
+        z = F.silu(F.conv1d(z, w, dilation=self.dilation, groups=C))
+        return z.transpose(1, 2).reshape(z.shape[0], z.shape[2], self.n_streams, self.dim).float()
 
 
 @torch.no_grad()
