@@ -166,19 +166,21 @@ class Transformer(nn.Module):
         logits = self.head(self._final(streams))
         lm = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         total = lm
-        stats = {"lm_loss": lm.item()}
-        if ctx.hc_record:
-            stats.update(amax_gain_stats(ctx.hc_record))
+        stats = {"lm_loss": lm.detach()}
         if self.mtp is not None:
             mtp_ctx = dataclasses.replace(ctx, hc_record=None)
             mtp = self.mtp.loss(streams, targets, self.embed, self.head, mtp_ctx)
             total = total + self.mtp_weight * mtp
-            stats["mtp_loss"] = mtp.item()
+            stats["mtp_loss"] = mtp.detach()
             stats["mtp_weight"] = self.mtp_weight
-        stats.update((k, float(v)) for k, v in ctx.stats.items())  # one sync after the forward
+        stats.update(ctx.stats)
         for name, value in ctx.aux_losses.items():
             total = total + value
-            stats[f"{name}_loss"] = value.item()
+            stats[f"{name}_loss"] = value.detach()
+        # floats only now, after the whole forward: no host sync between its parts
+        stats = {k: float(v) for k, v in stats.items()}
+        if ctx.hc_record:
+            stats.update(amax_gain_stats(ctx.hc_record))
         return total, stats
 
     def set_training_progress(self, frac: float) -> None:
