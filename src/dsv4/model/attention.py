@@ -165,6 +165,19 @@ class Attention(nn.Module):
             qr, q = x, self.wq(x)
         return q.view(B, T, self.n_heads, self.head_dim), qr
 
+    def _qkv(self, x: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(q [B, T, H, D], qr, k, v [B, T, n_kv, D]) with RoPE applied; k is v under shared_kv."""
+        B, T, _ = x.shape
+        q, qr = self._query(x)
+        if self.cfg.shared_kv:
+            q32 = q.float()
+            q = (q32 * torch.rsqrt(q32.pow(2).mean(-1, keepdim=True) + self.eps)).to(q.dtype)
+            k = v = apply_rope(self.kv_norm(self.wkv(x)).unsqueeze(2), freqs)  # [B, T, 1, D], K = V
+        else:
+            k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.head_dim), freqs)
+            v = self.wv(x).view(B, T, self.n_kv, self.head_dim)
+        return apply_rope(q, freqs), qr, k, v
+
     def _output(self, o: torch.Tensor) -> torch.Tensor:
         """[B, T, H, D] -> [B, T, dim]; grouped low-rank when o_groups (einsum bsgd,grd->bsgr)."""
         B, T = o.shape[:2]
@@ -179,17 +192,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
         if getattr(ctx, "cache", None) is not None:  # [serve] cached decoding: dsv4.infer.attn_cache
             return ctx.cache[self.layer_id].forward(self, x, ctx)
-        B, T, _ = x.shape
         freqs = self._freqs(ctx)
-        q, qr = self._query(x)
-        if self.cfg.shared_kv:
-            q32 = q.float()
-            q = (q32 * torch.rsqrt(q32.pow(2).mean(-1, keepdim=True) + self.eps)).to(q.dtype)
-            k = v = apply_rope(self.kv_norm(self.wkv(x)).unsqueeze(2), freqs)  # [B, T, 1, D], K = V
-        else:
-            k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.head_dim), freqs)
-            v = self.wv(x).view(B, T, self.n_kv, self.head_dim)
-        q = apply_rope(q, freqs)
+        q, qr, k, v = self._qkv(x, freqs)
         if self.plain:
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
@@ -295,7 +299,7 @@ class Attention(nn.Module):
         return out[:, :T]
 
     def _add_indexer_loss(self, ctx, kl: torch.Tensor) -> None:
-        n_csa = sum(1 for r in self.cfg.compress_ratios if r == 4)
+        n_csa = self.cfg.compress_ratios.count(4)
         ctx.aux_losses["indexer"] = ctx.aux_losses.get("indexer", 0.0) + kl / n_csa
         if not torch.compiler.is_compiling():
-            ctx.stats["indexer_kl"] = ctx.stats.get("indexer_kl", 0.0) + float(kl.detach()) / n_csa
+            ctx.stats["indexer_kl"] = ctx.stats.get("indexer_kl", 0.0) + kl.detach() / n_csa

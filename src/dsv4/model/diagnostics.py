@@ -31,8 +31,8 @@ def amax_gain_profile(combs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     h_res = torch.stack([c.float() for c in combs]).transpose(-1, -2)  # [L, T, n, n], paper H_res
     n_layers = h_res.shape[0]
     composite = torch.eye(h_res.shape[-1], device=h_res.device).expand_as(h_res[0])
-    fwd = torch.empty(n_layers)
-    bwd = torch.empty(n_layers)
+    fwd = torch.empty(n_layers, device=h_res.device)  # on the combs' device: no sync per layer
+    bwd = torch.empty(n_layers, device=h_res.device)
     with torch.autocast(device_type=h_res.device.type, enabled=False):  # fp32 products
         for layer in reversed(range(n_layers)):
             composite = composite @ h_res[layer]  # H[L-1] ... H[layer]

@@ -92,34 +92,44 @@ class Engram(nn.Module):
             return ctx.cache.engram[self.layer_id].forward(self, x, ctx)
         single = x.dim() == 3
         h = x.unsqueeze(2) if single else x
-        B, T, n, D = h.shape
         if rows is None:
             rows = self.addresses(ctx.ids)
-        e = self.retrieve(rows)
+        alpha, u = self.gated_value(h, self.retrieve(rows))
+        y = self._short_conv(u) + u
+        if ctx is not None and self.training and not torch.compiler.is_compiling():  # logging only
+            ctx.stats[f"engram_gate_l{self.layer_id}"] = alpha.detach().mean()
+        out = h + y.to(h.dtype)
+        return out.squeeze(2) if single else out
+
+    def gated_value(self, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streams h [B, T, n, D], memory e [B, T, engram_dim] -> (gate alpha [B, T, n],
+        U = alpha * W_V e [B, T, n, D] fp32)."""
+        B, T, n, D = h.shape
         key = self.key_proj(e).view(B, T, n, D)
         value = self.value_proj(e)
         # Gate per branch (paper eq. 4): scaled dot product of normed query and key, signed sqrt.
         s = (self._rms(h, self.query_norm) * self._rms(key, self.key_norm)).sum(-1) / math.sqrt(D)
         s = torch.sign(s) * s.abs().clamp_min(1e-6).sqrt()
-        alpha = torch.sigmoid(s)  # [B, T, n]
-        u = alpha.unsqueeze(-1) * value.float().unsqueeze(2)  # [B, T, n, D]
-        y = self._short_conv(u) + u
-        if ctx is not None and self.training and not torch.compiler.is_compiling():  # logging only
-            ctx.stats[f"engram_gate_l{self.layer_id}"] = alpha.mean().item()
-        out = h + y.to(h.dtype)
-        return out.squeeze(2) if single else out
+        alpha = torch.sigmoid(s)
+        return alpha, alpha.unsqueeze(-1) * value.float().unsqueeze(2)
 
     def _short_conv(self, u: torch.Tensor) -> torch.Tensor:
         """SiLU(depthwise causal dilated Conv1D(RMSNorm(U))) over time, per stream-channel."""
         B, T, n, D = u.shape
         z = self._rms(u, self.conv_norm).reshape(B, T, n * D).transpose(1, 2)  # [B, C, T]
         z = F.pad(z, ((self.kernel_size - 1) * self.dilation, 0))  # left pad only: causal
-        w = self.conv_weight.view(n * D, 1, self.kernel_size)
+        return self.conv_silu(z)
+
+    def conv_silu(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, n*D, reach + T] (the reach = (kernel-1)*dilation steps before each output: zero
+        padding, or a decoder's real past) -> SiLU(depthwise dilated conv) [B, T, n, D] fp32."""
+        C = z.shape[1]
+        w = self.conv_weight.view(C, 1, self.kernel_size)
         if torch.is_autocast_enabled(z.device.type):
             w = w.to(torch.get_autocast_dtype(z.device.type))
             z = z.to(w.dtype)
-        z = F.conv1d(z, w, dilation=self.dilation, groups=n * D)
-        return F.silu(z).transpose(1, 2).reshape(B, T, n, D).float()
+        z = F.silu(F.conv1d(z, w, dilation=self.dilation, groups=C))
+        return z.transpose(1, 2).reshape(z.shape[0], z.shape[2], self.n_streams, self.dim).float()
 
 
 @torch.no_grad()

@@ -119,10 +119,11 @@ class Gate(nn.Module):
         load.zero_()
 
 
-def load_max_over_mean(idx: torch.Tensor, n_experts: int) -> float:
-    """Max expert load divided by the mean load (1.0 = perfectly balanced)."""
+def load_max_over_mean(idx: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Max expert load divided by the mean load (1.0 = perfectly balanced), a 0-dim tensor
+    (no host sync in the forward; `Transformer.loss` turns the stats into floats)."""
     counts = torch.bincount(idx.flatten(), minlength=n_experts).float()
-    return (counts.max() / counts.mean().clamp_min(1e-9)).item()
+    return counts.max() / counts.mean().clamp_min(1e-9)
 
 
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
@@ -184,7 +185,8 @@ class MoE(nn.Module):
             ratio = load_max_over_mean(idx, self.n_experts)
             ctx.stats[f"moe_load_max_over_mean_l{self.layer_id}"] = ratio
             if not self.gate.is_hash:  # the learned-routing layers' worst imbalance (hash load is fixed)
-                ctx.stats["moe_load_max_over_mean"] = max(ctx.stats.get("moe_load_max_over_mean", 0.0), ratio)
+                ctx.stats["moe_load_max_over_mean"] = torch.maximum(
+                    ctx.stats.get("moe_load_max_over_mean", ratio), ratio)
         return out.view(shape)
 
     def routed(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

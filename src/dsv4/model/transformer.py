@@ -49,13 +49,14 @@ class ForwardContext:
     Sublayers take `(h, ctx)` so that a new need (token ids for Engram hashing and
     hash routing, a cache, a diagnostic) adds a field here instead of changing every
     signature. `aux_losses` are added to the training loss by `Transformer.loss`;
-    `stats` are floats logged by the training loop.
+    `stats` are detached 0-dim tensors (no host sync per layer during the forward),
+    turned into the floats the training loop logs by `Transformer.loss`.
     """
 
     ids: torch.Tensor
     freqs: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
     # mHC diagnostics: when a list, every HyperConnection appends its comb (first sequence).
     hc_record: list | None = None
     # attention (attn helper): RoPE table of CSA/HCA layers for the same positions as
@@ -165,19 +166,21 @@ class Transformer(nn.Module):
         logits = self.head(self._final(streams))
         lm = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         total = lm
-        stats = {"lm_loss": lm.item()}
-        if ctx.hc_record:
-            stats.update(amax_gain_stats(ctx.hc_record))
+        stats = {"lm_loss": lm.detach()}
         if self.mtp is not None:
             mtp_ctx = dataclasses.replace(ctx, hc_record=None)
             mtp = self.mtp.loss(streams, targets, self.embed, self.head, mtp_ctx)
             total = total + self.mtp_weight * mtp
-            stats["mtp_loss"] = mtp.item()
+            stats["mtp_loss"] = mtp.detach()
             stats["mtp_weight"] = self.mtp_weight
         stats.update(ctx.stats)
         for name, value in ctx.aux_losses.items():
             total = total + value
-            stats[f"{name}_loss"] = value.item()
+            stats[f"{name}_loss"] = value.detach()
+        # floats only now, after the whole forward: no host sync between its parts
+        stats = {k: float(v) for k, v in stats.items()}
+        if ctx.hc_record:
+            stats.update(amax_gain_stats(ctx.hc_record))
         return total, stats
 
     def set_training_progress(self, frac: float) -> None:
