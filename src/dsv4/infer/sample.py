@@ -18,7 +18,6 @@ import torch
 
 from dsv4.errors import UserError
 from dsv4.infer import sampling as S
-from dsv4.infer.load import load_tokenizer  # noqa: F401  (public: the checkpoint's tokenizer)
 from dsv4.infer.text import TextStream
 
 
