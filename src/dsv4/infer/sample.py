@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from dsv4.errors import UserError
 from dsv4.infer import sampling as S
 from dsv4.infer.text import TextStream
@@ -47,26 +45,13 @@ class SamplingParams:
                                 ignore_eos=not self.stop_at_eos)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Logits [V] with every token outside the top-k / top-p set at -inf (the sampler's filter)."""
-    probs, ids = S.filtered_probs(logits, 1.0, top_k, top_p)
-    out = torch.full_like(logits, float("-inf"))
-    keep = ids[probs > 0]
-    out[keep] = logits[keep]
-    return out
-
-
-def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-    return S.sample_token(logits, params.to_engine(), gen if gen is not None else S.make_generator(None))
-
-
 def _fit_prompt(prompt_ids: list[int], max_len: int, eos_id: int | None) -> list[int]:
     ids = list(prompt_ids) or ([eos_id] if eos_id is not None else [0])  # empty: start a document
     return ids[-(max_len - 1):]
 
 
 def generate_ids(model, prompt_ids: list[int], params: SamplingParams, eos_id: int | None = None,
-                 device: str | torch.device = "cpu", engine=None) -> Iterator[int]:
+                 engine=None) -> Iterator[int]:
     """Yield new token ids one at a time."""
     from dsv4.infer.engine import Engine
 
