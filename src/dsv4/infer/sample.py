@@ -16,7 +16,6 @@ from pathlib import Path
 
 from dsv4.errors import UserError
 from dsv4.infer import sampling as S
-from dsv4.infer.text import TextStream
 
 
 @dataclass
@@ -70,25 +69,15 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams, eos_id: i
             engine.cancel(seq)
 
 
-def stream_text(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
-    """Decode a stream of ids to text pieces, holding back incomplete UTF-8 sequences."""
-    ts = TextStream(tokenizer)
-    for tok in token_ids:
-        ts.add(tok)
-        piece = ts.pop()
-        if piece:
-            yield piece
-    tail = ts.pop(final=True)
-    if tail:
-        yield tail
-
-
 def generate_text(ckpt_dir: str | Path, prompt: str, params: SamplingParams) -> Iterator[str]:
     """Load a checkpoint and stream the completion of `prompt` as text pieces."""
     from dsv4.infer.load import load_engine
 
     params.validate()
     engine = load_engine(ckpt_dir, max_batch=1)
+    if params.max_new_tokens == 0:
+        return
     tok = engine.tokenizer
-    ids = generate_ids(engine.model, tok.encode(prompt), params, eos_id=tok.eos_id, engine=engine)
-    yield from stream_text(tok, ids)
+    # The engine decodes each sequence's text itself (UTF-8 held back until complete).
+    ids = _fit_prompt(tok.encode(prompt), engine.max_len, tok.eos_id)
+    yield from engine.stream(ids, params.to_engine(tok.eos_id))
