@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dsv4.cli import main
-from dsv4.infer.sample import SamplingParams, filter_logits, generate_ids, generate_text, next_token
+from dsv4.infer.sample import SamplingParams, generate_ids, generate_text
+from dsv4.infer.sampling import filtered_probs, sample_token
 from dsv4.model import load_model
 from dsv4.train.pretrain import pretrain
 from helpers_train import tiny_config
@@ -68,11 +69,16 @@ def test_greedy_equals_top_k_1_and_stops_at_eos(run_dir):
 
 def test_filter_logits_top_k_and_top_p():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    kept = lambda f: torch.isfinite(f).nonzero().flatten().tolist()
-    assert kept(filter_logits(logits, top_k=2, top_p=1.0)) == [0, 1]
-    assert kept(filter_logits(logits, top_k=0, top_p=0.7)) == [0, 1]  # 0.5 < 0.7 <= 0.8
-    assert kept(filter_logits(logits, top_k=0, top_p=0.5)) == [0]
-    assert kept(filter_logits(logits, top_k=0, top_p=1.0)) == [0, 1, 2, 3]
+
+    def kept(top_k, top_p):  # token ids the sampler's filter leaves a nonzero probability
+        probs, ids = filtered_probs(logits, 1.0, top_k, top_p)
+        return sorted(ids[probs > 0].tolist())
+
+    assert kept(top_k=2, top_p=1.0) == [0, 1]
+    assert kept(top_k=0, top_p=0.7) == [0, 1]  # 0.5 < 0.7 <= 0.8
+    assert kept(top_k=0, top_p=0.5) == [0]
+    assert kept(top_k=0, top_p=1.0) == [0, 1, 2, 3]
     gen = torch.Generator().manual_seed(0)
-    draws = {next_token(logits, SamplingParams(top_p=0.7, temperature=1.0), gen) for _ in range(200)}
+    params = SamplingParams(top_p=0.7, temperature=1.0).to_engine()  # the CLI params, as the engine sees them
+    draws = {sample_token(logits, params, gen) for _ in range(200)}
     assert draws == {0, 1}

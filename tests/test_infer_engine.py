@@ -14,7 +14,12 @@ PROMPTS = [list(range(5, 16)), [7, 3, 9], list(range(100, 140))]
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model("tiny", max_seq_len=512).eval()
+    m = build_model("tiny", max_seq_len=512).eval()
+    with torch.no_grad():  # Engram's conv is zero at init: make it count, so its cached state is tested
+        for layer in m.layers:
+            if getattr(layer, "engram", None) is not None:
+                layer.engram.conv_weight.normal_(0, 0.5)
+    return m
 
 
 def full_logprobs(model, ids, autocast=False):

@@ -78,8 +78,9 @@ class RingBuffer:
         """All cells of the slots `rows`: ([tensor [B, C, ...] per name], positions [B, C])."""
         return [self.data[n][rows] for n in names], self.pos[rows]
 
-    def gather(self, row: int, positions: torch.Tensor, name: str) -> torch.Tensor:
-        """The tensor `name` at absolute `positions` (any shape) of one slot; they must be held."""
+    def gather(self, row: int | torch.Tensor, positions: torch.Tensor, name: str) -> torch.Tensor:
+        """The tensor `name` at absolute `positions` (any shape) of one slot, or of slots `row`
+        (a tensor broadcasting with `positions`: one slot per position); they must be held."""
         cells = positions % self.capacity
         held = self.pos[row, cells]
         if not torch.equal(held, positions):

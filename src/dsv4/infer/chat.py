@@ -9,6 +9,7 @@ prompt are dropped first. `dsv4 chat` is a thin loop over this.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from dsv4.data import specials as SP
 from dsv4.data.chat import parse_assistant
@@ -52,15 +53,8 @@ class ChatSession:
             raise
         stops = [self.tok.token_id(SP.END), self.tok.eos_id]
         room = self.engine.max_len - len(ids)
-        p = SamplingParams(**{**self.params.__dict__, "max_tokens": min(self.params.max_tokens, room),
-                              "stop_token_ids": stops})
-        gen = self.engine.stream(ids, p)
-        while True:
-            try:
-                yield next(gen)
-            except StopIteration as stop:
-                out = stop.value
-                break
+        p = replace(self.params, max_tokens=min(self.params.max_tokens, room), stop_token_ids=stops)
+        out = yield from self.engine.stream(ids, p)  # the stream's return value is the Output
         msg = parse_assistant(out.text)
         self.messages.append(msg)
         self.last_usage = {"prompt_tokens": len(ids), "completion_tokens": len(out.token_ids),

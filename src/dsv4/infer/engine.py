@@ -52,6 +52,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_ids: frozenset = frozenset()  # token ids that end it (its stop_token_ids + eos unless ignored)
     # residual streams of fed positions not yet shown to the MTP drafter: [(start, [m, (n,) D])]
     pending: list = field(default_factory=list)
     # not yet reported by step()
@@ -129,8 +130,9 @@ class Engine:
             raise ValueError("empty prompt")
         if len(ids) >= self.max_len:
             raise ValueError(f"prompt has {len(ids)} tokens; the context is {self.max_len}")
+        stops = frozenset(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
         seq = Sequence(next(self._ids), ids, params, make_generator(params.seed),
-                       TextStream(self.tokenizer, params.stop))
+                       TextStream(self.tokenizer, params.stop), stop_ids=stops)
         self.waiting.append(seq)
         return seq
 
@@ -275,8 +277,7 @@ class Engine:
         """Sample one token for `seq` from logits [V], record it, decide whether it finished."""
         p = seq.params
         tok = sample_token(logits, p, seq.generator)
-        stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_ids)
-        if tok in stop_ids:
+        if tok in seq.stop_ids:
             seq.finish_reason = "stop"
             return tok
         seq.generated.append(tok)

@@ -65,10 +65,9 @@ class EngramCache:
         if self.reach:
             past_pos = pos[:, :1].cpu() + torch.arange(-self.reach, 0)  # [B, reach]
             past = torch.zeros(B, self.reach, n * D, dtype=z.dtype, device=z.device)
-            for b in range(B):
-                ok = past_pos[b] >= 0
-                if ok.any():
-                    past[b, ok] = self.ring.gather(int(self.owner.rows[b]), past_pos[b, ok], "z").to(z.dtype)
+            b, i = (past_pos >= 0).nonzero(as_tuple=True)  # held inputs (none before position 0)
+            if len(b):  # one gather for the whole batch
+                past[b, i] = self.ring.gather(self.owner.rows[b], past_pos[b, i], "z").to(z.dtype)
             self.ring.write(self.owner.rows, pos.cpu(), z=z)
             z = torch.cat([past, z], dim=1)
         zc = z.transpose(1, 2)  # [B, C, reach + T]: no padding needed, the past is real

@@ -14,12 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from dsv4.errors import UserError
 from dsv4.infer import sampling as S
-from dsv4.infer.load import load_tokenizer  # noqa: F401  (public: the checkpoint's tokenizer)
-from dsv4.infer.text import TextStream
 
 
 @dataclass
@@ -48,26 +44,13 @@ class SamplingParams:
                                 ignore_eos=not self.stop_at_eos)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Logits [V] with every token outside the top-k / top-p set at -inf (the sampler's filter)."""
-    probs, ids = S.filtered_probs(logits, 1.0, top_k, top_p)
-    out = torch.full_like(logits, float("-inf"))
-    keep = ids[probs > 0]
-    out[keep] = logits[keep]
-    return out
-
-
-def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
-    return S.sample_token(logits, params.to_engine(), gen if gen is not None else S.make_generator(None))
-
-
 def _fit_prompt(prompt_ids: list[int], max_len: int, eos_id: int | None) -> list[int]:
     ids = list(prompt_ids) or ([eos_id] if eos_id is not None else [0])  # empty: start a document
     return ids[-(max_len - 1):]
 
 
 def generate_ids(model, prompt_ids: list[int], params: SamplingParams, eos_id: int | None = None,
-                 device: str | torch.device = "cpu", engine=None) -> Iterator[int]:
+                 engine=None) -> Iterator[int]:
     """Yield new token ids one at a time."""
     from dsv4.infer.engine import Engine
 
@@ -86,25 +69,15 @@ def generate_ids(model, prompt_ids: list[int], params: SamplingParams, eos_id: i
             engine.cancel(seq)
 
 
-def stream_text(tokenizer, token_ids: Iterator[int]) -> Iterator[str]:
-    """Decode a stream of ids to text pieces, holding back incomplete UTF-8 sequences."""
-    ts = TextStream(tokenizer)
-    for tok in token_ids:
-        ts.add(tok)
-        piece = ts.pop()
-        if piece:
-            yield piece
-    tail = ts.pop(final=True)
-    if tail:
-        yield tail
-
-
 def generate_text(ckpt_dir: str | Path, prompt: str, params: SamplingParams) -> Iterator[str]:
     """Load a checkpoint and stream the completion of `prompt` as text pieces."""
     from dsv4.infer.load import load_engine
 
     params.validate()
     engine = load_engine(ckpt_dir, max_batch=1)
+    if params.max_new_tokens == 0:
+        return
     tok = engine.tokenizer
-    ids = generate_ids(engine.model, tok.encode(prompt), params, eos_id=tok.eos_id, engine=engine)
-    yield from stream_text(tok, ids)
+    # The engine decodes each sequence's text itself (UTF-8 held back until complete).
+    ids = _fit_prompt(tok.encode(prompt), engine.max_len, tok.eos_id)
+    yield from engine.stream(ids, params.to_engine(tok.eos_id))
