@@ -51,15 +51,7 @@ class AttentionCache:
         B, T, _ = x.shape
         pos = ctx.positions
         freqs = attn._freqs(ctx)  # per token [B, T, r/2]
-        q, qr = attn._query(x)
-        if attn.cfg.shared_kv:
-            q32 = q.float()
-            q = (q32 * torch.rsqrt(q32.pow(2).mean(-1, keepdim=True) + attn.eps)).to(q.dtype)
-            k = v = apply_rope(attn.kv_norm(attn.wkv(x)).unsqueeze(2), freqs)  # [B, T, 1, D], K = V
-        else:
-            k = apply_rope(attn.wk(x).view(B, T, attn.n_kv, attn.head_dim), freqs)
-            v = attn.wv(x).view(B, T, attn.n_kv, attn.head_dim)
-        q = apply_rope(q, freqs)
+        q, qr, k, v = attn._qkv(x, freqs)  # the model's own projection + RoPE
         k_all, v_all, k_pos = self.raw.append(k, None if v is k else v, pos)
         raw_mask = causal_mask(pos, k_pos, self.window)[:, 0]  # [B, T, K]
         if attn.plain:

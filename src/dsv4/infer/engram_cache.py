@@ -12,10 +12,7 @@ The rest is per token and is the module's own math (`Engram.retrieve`, projectio
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from dsv4.infer.cache import RingBuffer
 from dsv4.model.engram_hash import engram_addresses
@@ -50,11 +47,7 @@ class EngramCache:
         B, T, n, D = h.shape
         pos = ctx.positions
         e = engram.retrieve(self.addresses(engram, ctx))
-        key = engram.key_proj(e).view(B, T, n, D)
-        value = engram.value_proj(e)
-        s = (engram._rms(h, engram.query_norm) * engram._rms(key, engram.key_norm)).sum(-1) / math.sqrt(D)
-        s = torch.sign(s) * s.abs().clamp_min(1e-6).sqrt()
-        u = torch.sigmoid(s).unsqueeze(-1) * value.float().unsqueeze(2)  # [B, T, n, D]
+        _, u = engram.gated_value(h, e)  # [B, T, n, D], the model's gate (paper eq. 4)
         y = self._short_conv(engram, u, pos) + u
         out = h + y.to(h.dtype)
         return out.squeeze(2) if single else out
@@ -70,10 +63,4 @@ class EngramCache:
                 past[b, i] = self.ring.gather(self.owner.rows[b], past_pos[b, i], "z").to(z.dtype)
             self.ring.write(self.owner.rows, pos.cpu(), z=z)
             z = torch.cat([past, z], dim=1)
-        zc = z.transpose(1, 2)  # [B, C, reach + T]: no padding needed, the past is real
-        w = engram.conv_weight.view(n * D, 1, engram.kernel_size)
-        if torch.is_autocast_enabled(zc.device.type):
-            w = w.to(torch.get_autocast_dtype(zc.device.type))
-            zc = zc.to(w.dtype)
-        out = F.conv1d(zc, w, dilation=engram.dilation, groups=n * D)
-        return F.silu(out).transpose(1, 2).reshape(B, T, n, D).float()
+        return engram.conv_silu(z.transpose(1, 2))  # [B, C, reach + T]: the past is real, no padding
