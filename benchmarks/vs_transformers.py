@@ -156,6 +156,8 @@ def main() -> None:
         help="bf16 autocast for decode too (default fp32: "
         "batch-1 decode of these small models is overhead-bound and casts only add cost)",
     )
+    ap.add_argument("--parts", default="decode,train", help="comma-separated: decode, train")
+    ap.add_argument("--compile", action="store_true", help="our engine with compile=True (decode)")
     ap.add_argument("--out", default="benchmarks/results/vs_transformers.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,13 +174,16 @@ def main() -> None:
         for name in args.configs.split(","):
             cfg, ours, hf, diff = build_pair(name, Path(tmp))
             r = {"params": sum(p.numel() for p in ours.parameters()), "fp32_logits_max_abs_diff": diff}
+            parts = args.parts.split(",")
             # decode first: the training steps change the weights (differently on each side)
-            r["decode"] = decode_rates(
-                cfg, ours, hf, prompt_len=64, new=64, repeat=3, autocast=args.decode_bf16
-            )
-            print(name, "decode", r["decode"], flush=True)
-            r["train_step"] = train_step_times(cfg, ours, hf, batch=4, seq=256, n=args.steps)
-            print(name, "train", r["train_step"], flush=True)
+            if "decode" in parts:
+                r["decode"] = decode_rates(
+                    cfg, ours, hf, prompt_len=64, new=64, repeat=3, autocast=args.decode_bf16
+                )
+                print(name, "decode", r["decode"], flush=True)
+            if "train" in parts:
+                r["train_step"] = train_step_times(cfg, ours, hf, batch=4, seq=256, n=args.steps)
+                print(name, "train", r["train_step"], flush=True)
             results["configs"][name] = r
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

@@ -189,10 +189,10 @@ class CompressedCache:
         for b in range(rows.shape[0]):
             slot = int(rows[b])
             first, last = int(positions[b, 0]), int(positions[b, -1])
+            # blocks whose last token (i+1)r - 1 is in [first, last]: i from first // r on
+            if first // self.ratio >= (last + 1) // self.ratio:
+                continue  # none completes (most decode steps): no tensor work
             blocks = torch.arange(first // self.ratio, (last + 1) // self.ratio)
-            blocks = blocks[(blocks + 1) * self.ratio - 1 >= first]
-            if blocks.numel() == 0:
-                continue
             pos = (blocks.unsqueeze(1) + 1) * self.ratio + torch.arange(-self.span, 0)  # [n, span]
             lo = max(int(pos.min()), 0)
             feats = {}

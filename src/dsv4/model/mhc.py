@@ -32,6 +32,7 @@ block then computes exactly x + F(x) up to the O(alpha) dynamic terms.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -91,6 +92,24 @@ def _sinkhorn_small(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     return m
 
 
+def _sinkhorn_host(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """No-grad Sinkhorn of ONE [n, n] matrix (single-stream decode) in Python floats.
+
+    The tensor version costs ~80 kernel launches of a few n^2 entries each; on the host the
+    same normalisations of 4-16 numbers take less than half the time (fp64, so within fp32
+    rounding of the tensor result). CPU only: `tolist` would be a device sync elsewhere.
+    """
+    p = torch.softmax(m[0], dim=-1).add_(eps)  # the same fp32 softmax + eps as the tensor path
+    mat = p.tolist()
+    d = [sum(c) + eps for c in zip(*mat)]
+    mat = [[v / s for v, s in zip(r, d, strict=True)] for r in mat]
+    for _ in range(iters - 1):
+        mat = [[v / s for v in r] for r, s in zip(mat, [sum(r) + eps for r in mat], strict=True)]
+        d = [sum(c) + eps for c in zip(*mat)]
+        mat = [[v / s for v, s in zip(r, d, strict=True)] for r in mat]
+    return torch.tensor(mat, dtype=m.dtype).unsqueeze(0)
+
+
 def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
     """Project [..., n, n] logits to (approximately) doubly stochastic matrices, in fp32.
 
@@ -109,6 +128,8 @@ def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.
         m = logits.float().reshape(-1, shape[-2], shape[-1])
         if torch.is_grad_enabled() and m.requires_grad:
             m = _Sinkhorn.apply(m.permute(1, 2, 0).contiguous(), iters, eps)  # [n(row), n(col), N]
+        elif m.shape[0] == 1 and m.device.type == "cpu":
+            return _sinkhorn_host(m, iters, eps).reshape(shape)
         elif m.shape[0] <= _SMALL_BATCH:
             return _sinkhorn_small(m, iters, eps).reshape(shape)
         else:
@@ -300,6 +321,8 @@ class HyperConnection(nn.Module):
     def forward(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
         if _COMPILED:
             return self._forward_compiled(x, sublayer, ctx)
+        if not torch.is_grad_enabled():  # inference (decode steps, eval): no autograd Functions
+            return self._forward_nograd(x, sublayer, ctx)
         pre, post, comb = self.coefficients(x)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb[0].detach())  # first sequence only: diagnostics
@@ -313,6 +336,34 @@ class HyperConnection(nn.Module):
             out = _PostRes.apply(xs, comb, post.reshape(-1, n), y.reshape(-1, d))
         return out.reshape(x.shape).to(x.dtype)
 
+
+    def _forward_nograd(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
+        """The forward without autograd (same maths as the Functions' forwards, fewer ops).
+
+        A decode step runs this ~2L times on one token, where each op's fixed cost, not the
+        data, is the time: no Function.apply, no autocast switch unless autocast is on, the
+        pre-mix and the post/res mix as one batched product each.
+        """
+        lead, (n, d) = x.shape[:-2], x.shape[-2:]
+        dtype = _compute_dtype(x)
+        amp = torch.is_autocast_enabled(x.device.type)
+        off = torch.autocast(device_type=x.device.type, enabled=False) if amp else contextlib.nullcontext()
+        with off:
+            xs = x.float().reshape(-1, n, d).contiguous()  # the expanded embedding has stride 0
+            flat = xs.view(-1, n * d)
+            ss = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square_()
+            raw = (flat if dtype == flat.dtype else flat.to(dtype)) @ self.phi.to(dtype).t()
+            mixes = raw.float().mul_(torch.rsqrt(ss.div_(n * d).add_(self.norm_eps)))
+            pre, post, res = _gates(mixes, self.alpha, self.bias, n, self.eps)
+            comb = self._project(res)
+            h = torch.bmm(pre.unsqueeze(1), xs)  # [N, 1, d] = sum_j pre_j x_j
+        if ctx is not None and getattr(ctx, "hc_record", None) is not None:
+            ctx.hc_record.append(comb.reshape(*lead, n, n)[0])
+        y = sublayer(h.reshape(*lead, d).to(x.dtype))
+        with off:
+            # out_k = post_k y + sum_j comb[j, k] x_j (comb transposed, as in _PostRes)
+            out = torch.baddbmm(post.unsqueeze(-1) * y.reshape(-1, 1, d).float(), comb.transpose(1, 2), xs)
+        return out.reshape(x.shape).to(x.dtype)
 
     def _forward_compiled(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
         dtype = _compute_dtype(x)

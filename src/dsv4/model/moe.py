@@ -192,6 +192,8 @@ class MoE(nn.Module):
     def routed(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """sum_j weights[:, j] * Expert_{idx[:, j]}(x), computed grouped by expert."""
         N, D = x.shape
+        if N == 1 and x.device.type == "cpu":  # one token (single-stream decode): no sort/scatter
+            return self._one_token(x, weights, idx)
         flat_e = idx.flatten()
         order = flat_e.argsort(stable=True)  # (token, slot) pairs sorted by expert
         tok = order // self.topk
@@ -204,6 +206,15 @@ class MoE(nn.Module):
             ys = self._looped(xs, counts.tolist())
         ys = ys * weights.flatten()[order].unsqueeze(1).to(ys.dtype)
         return torch.zeros(N, D, dtype=ys.dtype, device=x.device).index_add_(0, tok, ys)
+
+    def _one_token(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """`routed` for x [1, D]: its k experts one after another (the grouping costs ~10 ops)."""
+        xs = x.to(_autocast_dtype(x))
+        out = None
+        for j, e in enumerate(idx[0].tolist()):  # host ids: a CPU tensor, no device sync
+            y = self.experts[e](xs) * weights[:, j:j + 1].to(xs.dtype)
+            out = y if out is None else out + y
+        return out
 
     def _grouped_mm_ok(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
         # A real grouped kernel only on CUDA (bf16, SM >= 80, 16-byte aligned strides); on CPU
