@@ -101,11 +101,11 @@ def _sinkhorn_host(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     """
     p = torch.softmax(m[0], dim=-1).add_(eps)  # the same fp32 softmax + eps as the tensor path
     mat = p.tolist()
-    d = [sum(c) + eps for c in zip(*mat)]
+    d = [sum(c) + eps for c in zip(*mat, strict=True)]
     mat = [[v / s for v, s in zip(r, d, strict=True)] for r in mat]
     for _ in range(iters - 1):
         mat = [[v / s for v in r] for r, s in zip(mat, [sum(r) + eps for r in mat], strict=True)]
-        d = [sum(c) + eps for c in zip(*mat)]
+        d = [sum(c) + eps for c in zip(*mat, strict=True)]
         mat = [[v / s for v, s in zip(r, d, strict=True)] for r in mat]
     return torch.tensor(mat, dtype=m.dtype).unsqueeze(0)
 
@@ -282,17 +282,20 @@ if os.environ.get("DSV4_MHC_COMPILE") == "1":
     set_compile(True)
 
 
+def _rms_mix_nograd(flat: torch.Tensor, phi: torch.Tensor, norm_eps: float, dtype) -> torch.Tensor:
+    """_RMSMix's forward without autograd: flat [N, nC] fp32 -> phi(RMSNorm(flat)) [N, out] fp32."""
+    ss = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square()
+    raw = (flat if dtype == flat.dtype else flat.to(dtype)) @ phi.to(dtype).t()
+    return raw.float() * torch.rsqrt(ss / flat.shape[-1] + norm_eps)
+
+
 def _nograd_premix(xs, phi, alpha, bias, n: int, eps: float, norm_eps: float, iters: int,
                    unconstrained: bool, dtype, loop_sinkhorn: bool = False):
     """(h = H_pre x [N, 1, d], post [N, n], comb [N, n, n]) for streams xs [N, n, d] fp32,
     without autograd: the maths of _RMSMix, _gates, Sinkhorn and _PreMix in plain ops.
     `loop_sinkhorn`: Sinkhorn as a plain loop of sums and divisions (for torch.compile,
     which fuses the 2 * iters normalisations into one loop); else `sinkhorn`."""
-    flat = xs.flatten(1)
-    ss = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square()
-    raw = (flat if dtype == flat.dtype else flat.to(dtype)) @ phi.to(dtype).t()
-    mixes = raw.float() * torch.rsqrt(ss / flat.shape[-1] + norm_eps)
-    pre, post, res = _gates(mixes, alpha, bias, n, eps)
+    pre, post, res = _gates(_rms_mix_nograd(xs.flatten(1), phi, norm_eps, dtype), alpha, bias, n, eps)
     if unconstrained:
         comb = res
     elif loop_sinkhorn:  # DeepSeek's variant, as in `sinkhorn`
@@ -315,8 +318,8 @@ def set_decode_compile(enabled: bool) -> None:
 
     For a few tokens (decode steps) the ~100 tiny ops of the RMS mix, the gates and Sinkhorn's
     normalisations become one inductor function (~4x less time per hyper-connection on CPU;
-    ~10 s to compile, shared by all layers; a second token count compiles a dynamic version). The inference engine's
-    `compile=True` turns it on; training (autograd) never takes this path.
+    ~10 s to compile, shared by all layers; a second token count compiles a dynamic version).
+    The inference engine's `compile=True` turns it on; training (autograd) never takes this path.
     """
     _DECODE.clear()
     if enabled:
@@ -458,8 +461,20 @@ class HyperHead(nn.Module):
         self.bias.fill_(-math.log(self.n - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():  # inference: plain ops, one batched product for the sum
+            return self._forward_nograd(x)
         mixes = _rms_mix(x, self.phi, self.norm_eps)
         w = torch.sigmoid(mixes * self.alpha.float() + self.bias.float()) + self.eps
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = _PreMix.apply(x.float().reshape(-1, *x.shape[-2:]), w.reshape(-1, self.n))  # sum_j w_j x_j
         return out.reshape(*x.shape[:-2], x.shape[-1]).to(x.dtype)
+
+    def _forward_nograd(self, x: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape[-2:]
+        dtype = _compute_dtype(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xs = x.float().reshape(-1, n, d)
+            mixes = _rms_mix_nograd(xs.flatten(1), self.phi, self.norm_eps, dtype)
+            w = torch.sigmoid(mixes * self.alpha.float() + self.bias.float()) + self.eps
+            out = torch.bmm(w.unsqueeze(1), xs)  # sum_j w_j x_j
+        return out.reshape(*x.shape[:-2], d).to(x.dtype)
