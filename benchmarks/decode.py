@@ -95,12 +95,15 @@ def cached_vs_recompute(preset: str, context: int, new_tokens: int, autocast: bo
             "speedup": t_re / t_cached}
 
 
-def single_stream(preset: str, prompt_len: int, new_tokens: int, autocast: bool) -> dict:
+def single_stream(preset: str, prompt_len: int, new_tokens: int, autocast: bool,
+                  compile: bool = False) -> dict:
     model = make(preset, prompt_len + new_tokens + 8)
     prompt = torch.randint(0, model.config.vocab_size, (prompt_len,)).tolist()
-    eng = Engine(model, None, max_batch=1, autocast=autocast, prefill_chunk=prompt_len)
+    eng = Engine(model, None, max_batch=1, autocast=autocast, prefill_chunk=prompt_len, compile=compile)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-    eng.generate(prompt, params)  # warm-up
+    t_warm = time.perf_counter()
+    eng.generate(prompt, params)  # warm-up (with compile: includes compiling)
+    t_warm = time.perf_counter() - t_warm
     ttfts, rates, cpu_ttfts, cpu_rates = [], [], [], []
     for _ in range(3):
         # wall clock, and this process's CPU time: on a shared, oversubscribed machine the
@@ -119,7 +122,8 @@ def single_stream(preset: str, prompt_len: int, new_tokens: int, autocast: bool)
         cpu_rates.append((len(seq.generated) - 1) / max(c2 - c1, 1e-9))
     return {"preset": preset, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
             "bf16_autocast": autocast, "ttft_ms": 1000 * min(ttfts), "decode_tok_s": max(rates),
-            "ttft_cpu_ms": 1000 * min(cpu_ttfts), "decode_tok_per_cpu_s": max(cpu_rates)}
+            "ttft_cpu_ms": 1000 * min(cpu_ttfts), "decode_tok_per_cpu_s": max(cpu_rates),
+            "compile": compile, "warmup_s": t_warm}
 
 
 def speculative(model, prompt: list[int], new_tokens: int, autocast: bool) -> dict:
@@ -154,7 +158,7 @@ def batched_throughput(preset: str, batch: int, new_tokens: int, autocast: bool)
     return {"preset": preset, "batch": batch, "bf16_autocast": autocast, "tok_s": batch * new_tokens / t}
 
 
-def vs_transformers(prompt_len: int, new_tokens: int) -> dict | None:
+def vs_transformers(prompt_len: int, new_tokens: int, compile: bool = False) -> dict | None:
     """Our engine on `baseline` vs HF `generate` on the same-dims Llama (fp32, greedy)."""
     try:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -172,7 +176,7 @@ def vs_transformers(prompt_len: int, new_tokens: int) -> dict | None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_hf = sum(p.numel() for p in hf.parameters())
     prompt = torch.randint(0, c.vocab_size, (prompt_len,)).tolist()
-    eng = Engine(ours, None, max_batch=1, autocast=False, prefill_chunk=prompt_len)
+    eng = Engine(ours, None, max_batch=1, autocast=False, prefill_chunk=prompt_len, compile=compile)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     ids = torch.tensor([prompt])
 
@@ -191,7 +195,8 @@ def vs_transformers(prompt_len: int, new_tokens: int) -> dict | None:
     import transformers
     return {"preset": "baseline", "params_ours": n_ours, "params_hf_llama": n_hf,
             "transformers": transformers.__version__, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
-            "ours_tok_s": new_tokens / t_ours, "hf_tok_s": new_tokens / t_hf, "ratio": t_hf / t_ours}
+            "ours_tok_s": new_tokens / t_ours, "hf_tok_s": new_tokens / t_hf, "ratio": t_hf / t_ours,
+            "compile": compile}
 
 
 def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
@@ -219,10 +224,14 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help="a trained checkpoint for the speculative run")
     ap.add_argument("--long", action="store_true", help="also the 16k -> 64k prefill (minutes)")
     ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
+    ap.add_argument("--compile", action="store_true",
+                    help="single_stream / vs_transformers with Engine(compile=True) (process-wide: "
+                         "run it apart from the eager numbers); warmup_s includes compiling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = 16 if args.quick else 64
     machine = {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__,
+               "compile": args.compile,
                "load_avg_at_start": os.getloadavg()}  # a shared machine makes the numbers noisy
     res = {"machine": machine,
            "cached_vs_recompute": [], "single_stream": [], "speculative": [], "batched": [], "kv_cache": [],
@@ -239,9 +248,9 @@ def main() -> None:
         log("cached_vs_recompute", cached_vs_recompute(preset, 1024, n // 2, False))
     for preset in ("lite", "lite-plain") if want("single_stream") else ():
         for ac in (False, True, "prefill"):  # fp32, bf16 everywhere, bf16 prefill + fp32 decode
-            log("single_stream", single_stream(preset, 256, 2 * n, ac))
+            log("single_stream", single_stream(preset, 256, 2 * n, ac, args.compile))
     if want("single_stream"):
-        log("single_stream", single_stream("lite-nosinkhorn", 256, 2 * n, "prefill"))
+        log("single_stream", single_stream("lite-nosinkhorn", 256, 2 * n, "prefill", args.compile))
     if not want("speculative"):
         pass
     elif args.ckpt:
@@ -257,7 +266,7 @@ def main() -> None:
         log("batched", batched_throughput("lite", b, n, False))
     for preset in ("flagship", "v4-flash") if want("kv_cache") else ():
         log("kv_cache", kv_bytes_per_token(preset, 128 * 1024))
-    hf = vs_transformers(256, 2 * n) if want("vs_transformers") else None
+    hf = vs_transformers(256, 2 * n, args.compile) if want("vs_transformers") else None
     if hf is not None:
         log("vs_transformers", hf)
     if args.long and want("long_prefill"):

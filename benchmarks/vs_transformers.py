@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -106,9 +107,10 @@ def train_step_times(cfg, ours, hf, batch: int, seq: int, n: int) -> dict:
     return {"batch": batch, "seq": seq, "ours_s": t_o, "transformers_s": t_h, "speedup": t_h / t_o}
 
 
-def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast: bool) -> dict:
+def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast: bool,
+                 compile: bool = False) -> dict:
     prompt = torch.randint(0, cfg.vocab_size, (prompt_len,)).tolist()
-    eng = Engine(ours.eval(), None, max_batch=1, autocast=autocast)
+    eng = Engine(ours.eval(), None, max_batch=1, autocast=autocast, compile=compile)
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
 
     def run_ours():
@@ -129,6 +131,9 @@ def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast
             )
         return out[0, prompt_len:].tolist()
 
+    t_warm = time.perf_counter()
+    run_ours()  # with compile: compiling happens here
+    t_warm = time.perf_counter() - t_warm
     t_o, t_h = paired_times(run_ours, run_hf, repeat)
     a, b = run_ours(), run_hf()
     same = sum(1 for i, j in zip(a, b, strict=False) if i == j)
@@ -141,6 +146,8 @@ def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast
         "same_greedy_prefix": next((i for i, (p, q) in enumerate(zip(a, b, strict=False)) if p != q), new),
         "same_tokens": same,
         "autocast_bf16": autocast,
+        "compile": compile,
+        "ours_first_run_s": t_warm,
         "note": "end-to-end generate (prefill included) on both sides",
     }
 
@@ -168,6 +175,7 @@ def main() -> None:
         "threads": args.threads,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "load_avg_at_start": os.getloadavg(),  # a shared machine makes the numbers noisy
         "configs": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,13 +186,15 @@ def main() -> None:
             # decode first: the training steps change the weights (differently on each side)
             if "decode" in parts:
                 r["decode"] = decode_rates(
-                    cfg, ours, hf, prompt_len=64, new=64, repeat=3, autocast=args.decode_bf16
+                    cfg, ours, hf, prompt_len=64, new=64, repeat=3, autocast=args.decode_bf16,
+                    compile=args.compile,
                 )
                 print(name, "decode", r["decode"], flush=True)
             if "train" in parts:
                 r["train_step"] = train_step_times(cfg, ours, hf, batch=4, seq=256, n=args.steps)
                 print(name, "train", r["train_step"], flush=True)
             results["configs"][name] = r
+    results["load_avg_at_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
