@@ -61,18 +61,28 @@ class RingBuffer:
         """Store tensors [B, T, ...] at positions [B, T] of slots `rows` [B]. Only the last
         `capacity` tokens of a chunk longer than the ring survive (as in a real ring)."""
         positions = positions.cpu()  # bookkeeping on the CPU; data lives where it was computed
+        if positions.numel() == 1:  # one token of one slot (single-stream decode): plain copies
+            slot, p = int(rows[0]), int(positions[0, 0])
+            for name, t in tensors.items():
+                self._buffer(name, t)[slot, p % self.capacity] = t[0, 0]
+            self.pos[slot, p % self.capacity] = p
+            return
         if positions.shape[1] > self.capacity:
             positions = positions[:, -self.capacity:]
             tensors = {k: v[:, -self.capacity:] for k, v in tensors.items()}
         cells = positions % self.capacity
         r = rows.unsqueeze(1)
         for name, t in tensors.items():
-            buf = self.data.get(name)
-            if buf is None:  # allocate lazily: dtype/shape/device follow the first write (autocast)
-                buf = torch.zeros(self.slots, self.capacity, *t.shape[2:], dtype=t.dtype, device=t.device)
-                self.data[name] = buf
+            buf = self._buffer(name, t)
             buf[r, cells] = t.to(buf.dtype)
         self.pos[r, cells] = positions
+
+    def _buffer(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        buf = self.data.get(name)
+        if buf is None:  # allocate lazily: dtype/shape/device follow the first write (autocast)
+            buf = torch.zeros(self.slots, self.capacity, *t.shape[2:], dtype=t.dtype, device=t.device)
+            self.data[name] = buf
+        return buf
 
     def read(self, rows: torch.Tensor, names: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """All cells of the slots `rows`: ([tensor [B, C, ...] per name], positions [B, C])."""
