@@ -223,12 +223,15 @@ class Attention(nn.Module):
         if sparse or want_kl:
             xd, qd = x.detach(), qr.detach()  # the indexer learns only from its KL loss
             keys = self.indexer.compressor(xd, freqs[::r])
-            scores = self.indexer.scores(xd, qd, keys, freqs)
-            if want_kl:
-                out["scores"] = scores
-        if sparse:
-            out["idx"], out["ok"] = topk_indices(scores, visible, self.indexer.topk)
-        else:
+        if want_kl:
+            out["scores"] = scores = self.indexer.scores(xd, qd, keys, freqs)
+            if sparse:
+                out["idx"], out["ok"] = topk_indices(scores, visible, self.indexer.topk)
+        elif sparse:  # inference: the same blocked selection as the cached engine (no [T, N] scores)
+            ends = (torch.arange(n, device=x.device) + 1) * r - 1
+            out["idx"], out["ok"] = self.indexer.select(xd, qd, keys, freqs, torch.arange(T, device=x.device)[None],
+                                                        ends[None], self.indexer.topk)
+        if not sparse:
             out["allowed"] = visible.unsqueeze(0)
         return out
 
