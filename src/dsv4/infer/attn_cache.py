@@ -13,9 +13,12 @@ compressor's `project`/`pool`/`finish`, the indexer's `scores`):
     (the partial-block state) and pooled into an entry when a block completes
     (`CompressedCache`); an entry is visible once its block is complete;
   - the lightning indexer's compressed keys: a second `CompressedCache`; the indexer's
-    top-k over the visible entries picks what each query reads (stage "sparse").
+    top-k over the visible entries (`Indexer.select`) picks what each query reads (stage
+    "sparse").
 
-One fp32 softmax over [raw keys | compressed entries | sink], as in training.
+One fp32 softmax over [raw keys | compressed entries | sink], as in training. A long
+prompt chunk on a sliding-window layer goes through `windowed.windowed_attend` (queries by
+sub-chunks, HCA entries by row blocks): the same math without the chunk-squared terms.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ class AttentionCache:
             else:
                 if ent is not None and ent.dim() == 3:  # dense entries: sel = their block ends
                     sel = causal_mask(pos, sel)[:, 0]
-                out = self._attend(attn, q, k_all, v_all, causal_mask(pos, k_pos, self.window)[:, 0], ent, sel)
+                raw_mask = causal_mask(pos, k_pos, self.window)[:, 0]  # [B, T, K]
+                out = self._attend(attn, q, k_all, v_all, raw_mask, ent, sel)
         if attn.cfg.shared_kv:
             out = apply_rope(out, freqs, inverse=True)  # undo the rotation V carried
         return attn._output(out)

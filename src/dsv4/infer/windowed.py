@@ -11,8 +11,8 @@ Here (same math, one softmax over [raw window | compressed | sink] per query):
     and the previous sub-chunk's keys (the ring's cells in front of sub-chunk 0), 2c each;
   - CSA: each query's k picked entries join its sub-chunk's softmax (O(T k));
   - HCA (dense entries): the entries complete before the chunk's first token are visible to
-    every query, so they need no mask: their softmax is taken ROW_BLOCK (query, head) rows
-    at a time (`_dense_lse`: bf16 matmuls under autocast, fp32 exp, no [T, N] tensor in
+    every query, so they need no mask: their softmax is taken a few (query, head) rows at
+    a time (`_dense_lse`: bf16 matmuls under autocast, fp32 exp, no [T, N] tensor in
     memory) and merged exactly, by log-sum-exp, with the softmax over [window | the
     chunk's own newly complete entries | sink]:
         out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse),  lse = logaddexp(lse_a, lse_b).
@@ -22,22 +22,23 @@ from __future__ import annotations
 
 import torch
 
-ROW_BLOCK = 256  # (query, head) rows per step of `_dense_lse`: their [rows, N] scores stay in cache
+SCORE_BLOCK = 1 << 20  # (row, entry) scores per step of `_dense_lse`: 256 rows at N = 4096
 
 
 def _dense_lse(q: torch.Tensor, e: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Unmasked attention of rows q [M, D] over entries e [N, D] (K = V): (out [M, D] fp32,
-    log-sum-exp [M, 1]), ROW_BLOCK rows at a time so that no [M, N] tensor is made."""
+    log-sum-exp [M, 1]), a few rows at a time so that no [M, N] tensor is made."""
     out = q.new_empty(q.shape, dtype=torch.float32)
     lse = q.new_empty(q.shape[0], 1, dtype=torch.float32)
     et = e.transpose(0, 1)
-    for s in range(0, q.shape[0], ROW_BLOCK):
-        z = torch.matmul(q[s:s + ROW_BLOCK], et).float().mul_(scale)
+    rows = max(SCORE_BLOCK // e.shape[0], 64)
+    for s in range(0, q.shape[0], rows):
+        z = torch.matmul(q[s:s + rows], et).float().mul_(scale)
         m = z.amax(-1, keepdim=True)
         z.sub_(m).exp_()
         total = z.sum(-1, keepdim=True)
-        out[s:s + ROW_BLOCK] = torch.matmul(z.to(e.dtype), e).float().div_(total)
-        lse[s:s + ROW_BLOCK] = m + total.log()
+        out[s:s + rows] = torch.matmul(z.to(e.dtype), e).float().div_(total)
+        lse[s:s + rows] = m + total.log()
     return out, lse
 
 

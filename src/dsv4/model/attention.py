@@ -229,8 +229,9 @@ class Attention(nn.Module):
                 out["idx"], out["ok"] = topk_indices(scores, visible, self.indexer.topk)
         elif sparse:  # inference: the same blocked selection as the cached engine (no [T, N] scores)
             ends = (torch.arange(n, device=x.device) + 1) * r - 1
-            out["idx"], out["ok"] = self.indexer.select(xd, qd, keys, freqs, torch.arange(T, device=x.device)[None],
-                                                        ends[None], self.indexer.topk)
+            q_pos = torch.arange(T, device=x.device)
+            out["idx"], out["ok"] = self.indexer.select(xd, qd, keys, freqs, q_pos[None], ends[None],
+                                                        self.indexer.topk)
         if not sparse:
             out["allowed"] = visible.unsqueeze(0)
         return out

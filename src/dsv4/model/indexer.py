@@ -30,7 +30,9 @@ from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
 from dsv4.model.rope import apply_rope
 
-QUERY_BLOCK = 16  # queries scored at once by `Indexer.select`: [16, heads, N] stays in cache
+# `Indexer.select` scores about this many (query, block) pairs at once: [queries, heads, N] in
+# cache at long contexts (16 queries at N = 16k), few Python steps at short ones
+SCORE_BLOCK = 1 << 18
 
 
 class Indexer(nn.Module):
@@ -62,11 +64,11 @@ class Indexer(nn.Module):
         against blocks ending at ends [B|1, N] (-1: not held); a block is visible iff
         0 <= end <= query position.
 
-        The scores are made QUERY_BLOCK queries at a time, head by head, so the dot products
-        (the matmul's dtype: bf16 under autocast, as DeepSeek's low-precision indexer) and their
-        fp32 head-weighted sum stay in cache; the top-k of each block is taken right away. The
-        causal mask touches only the blocks that complete inside the query block. With N <= k
-        every visible block is picked and nothing is scored (then CSA = dense compressed)."""
+        The scores are made for a few queries at a time (SCORE_BLOCK), so that the dot products (the
+        matmul's dtype: bf16 under autocast, DeepSeek's indexer is low precision too) and their
+        head-weighted sum (fp32) stay in cache, and the top-k of each block is taken right
+        away. The causal mask touches only the blocks that complete inside the query block.
+        With N <= k every visible block is picked and nothing is scored (CSA = dense)."""
         B, T, _ = x.shape
         N = keys.shape[1]
         q_pos, ends = q_pos.expand(B, -1), ends.to(q_pos.device).expand(B, -1)
@@ -80,9 +82,10 @@ class Indexer(nn.Module):
         idx = torch.empty(B, T, k, dtype=torch.long, device=x.device)
         ok = torch.empty(B, T, k, dtype=torch.bool, device=x.device)
         held = ends >= 0
+        step = max(SCORE_BLOCK // N, 8)
         for b in range(B):
-            for s in range(0, T, QUERY_BLOCK):
-                e = min(s + QUERY_BLOCK, T)
+            for s in range(0, T, step):
+                e = min(s + step, T)
                 # all heads in one matmul (one packing of the keys), then the fp32 weighted sum
                 dots = torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b]).relu_().view(e - s, H, N)
                 acc = dots[:, 0] * w[b, s:e, :1]
