@@ -135,8 +135,7 @@ def topk_earliest(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k largest of s [..., N] (fp32, -inf = not a candidate), equal
     values ordered earliest first (see `tie_broken_keys`). A plain topk first; only the rows
     where the k-th value is tied with one left out are redone on the tie-broken int64 keys,
-    which cost ~10x a float topk. (Which of equal values come first inside the k does not
-    matter: the picks are a set.)"""
+    which cost ~10x a float topk."""
     if s.shape[-1] <= k:
         vals, idx = s.topk(k, dim=-1)
         amb = torch.zeros_like(vals[..., 0], dtype=torch.bool)
@@ -149,7 +148,11 @@ def topk_earliest(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         fix = tie_broken_keys(rows, rows > float("-inf")).topk(k, dim=-1).indices
         idx[amb] = fix
         vals[amb] = rows.gather(-1, fix)
-    return vals, idx
+    # the order of the tie-broken keys (value descending, ties earliest first), so that sums
+    # over the picks run in one order whichever way they were found
+    idx, perm = idx.sort(dim=-1)
+    vals, order = vals.gather(-1, perm).sort(dim=-1, descending=True, stable=True)
+    return vals, idx.gather(-1, order)
 
 
 def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
