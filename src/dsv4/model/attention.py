@@ -29,8 +29,9 @@ for the value product. Masks are built once per forward and shared by all layers
 Cached decoding (later, inference engine) reuses the same pieces: raw K=V ring buffer of
 the last window_size tokens; `Compressor.project` per new token, `Compressor.pool` +
 `finish` when a block completes (carrying the previous block's Ca half for r = 4);
-compressed entries and indexer keys appended per block; `Indexer.scores` + `topk_select`
-over the cached index keys with `compressed_visible` for the new positions.
+compressed entries and indexer keys appended per block; `Indexer.select` (the top-k without
+a [T, N] score tensor) over the cached index keys. Inference here uses `Indexer.select` too,
+so both paths pick alike; training (the KL wants every score) uses `scores` + `topk_indices`.
 
 Indexer training (DSA, V3.2): `set_indexer_stage(model, "dense" | "sparse")`.
 "dense": the main attention reads all complete blocks; "sparse" (default): only the
