@@ -10,8 +10,11 @@ pre = sigmoid + eps, post = 2 sigmoid, comb = Sinkhorn-Knopp (doubly stochastic)
 
 `comb` is applied *transposed* (out_k sums over comb's FIRST index), exactly as DeepSeek's
 inference code does; the paper's H_res is comb^T. Forgetting the transpose is a known
-port bug. Sinkhorn and the RMS statistics run in fp32 whatever the autocast dtype; the
-residual mix runs in fp32 so that the stream keeps the precision of a plain residual.
+port bug. Sinkhorn, the gates, the RMS statistics and the mixing sums run in fp32 whatever
+the autocast dtype; between layers the streams are stored in the training dtype (bf16 under
+autocast, as DeepSeek keeps its residual stream in the model dtype; fp32 otherwise), which
+halves every pass over the n-times-wider stream. A 120-step A/B against fp32 streams
+(README, mHC overhead) showed no loss difference beyond seed noise.
 
 Speed (the stream is n times wider than a plain residual, so the cost is memory passes,
 not FLOPs): the three stream passes (RMS mix, pre-mix, post/res mix) and Sinkhorn each have
@@ -263,11 +266,12 @@ _COMPILED: dict[str, object] = {}
 
 
 def set_compile(enabled: bool) -> None:
-    """Run the stream mixing of every HyperConnection through torch.compile (opt-in).
+    """Run the stream mixing of every HyperConnection and HyperHead through torch.compile.
 
-    Inductor fuses the passes over the n-times-wider stream into a few C++/Triton loops
-    (~3x less time per hyper-connection on CPU). Off by default: compiling costs ~10-30 s
-    per shape, too much for tests and short runs. Also on with DSV4_MHC_COMPILE=1.
+    Inductor fuses the passes over the n-times-wider stream into one C++/Triton loop each
+    (forward and backward) around the phi matmul (~3x less time per hyper-connection on
+    CPU). Off by default: compiling costs ~30-60 s per shape, too much for tests and short
+    runs (benchmarks/mhc_overhead.py turns it on). Also on with DSV4_MHC_COMPILE=1.
     """
     _COMPILED.clear()
     if enabled:
