@@ -12,8 +12,8 @@
    dims (layers, head_dim), from the cache layout (`dsv4.infer.cache.cache_bytes`).
 6. Our engine vs Hugging Face `transformers` `generate` (if installed) on a LlamaForCausalLM of
    the `baseline` dims and parameter count (random init, greedy, KV cache on): tokens/s ratio.
-7. `--long`: prefill time of `flagship` at 16k and 64k tokens (chunked prefill), the ratio for
-   4x the tokens (a quadratic-attention model would be ~16x; linear is 4x).
+7. `--long`: prefill time of `flagship` at 16k, 32k and 64k tokens (chunked prefill), the ratio
+   64k / 16k for 4x the tokens (a quadratic-attention model would be ~16x; linear is 4x).
 
     PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--long] [--out benchmarks/results/decode.json]
 
@@ -202,18 +202,20 @@ def vs_transformers(prompt_len: int, new_tokens: int, compile: bool = False) -> 
 def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
     """Chunked-prefill seconds at each length (one run each: they are long)."""
     model = make(preset, max(lengths) + 8)
-    secs, cpu = {}, {}
+    secs, cpu, load = {}, {}, {}
     for n in lengths:
         prompt = torch.randint(0, model.config.vocab_size, (n,)).tolist()
         eng = Engine(model, None, max_batch=1, prefill_chunk=chunk)
         t, c = time.perf_counter(), time.process_time()
         eng.generate(prompt, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
         secs[n], cpu[n] = time.perf_counter() - t, time.process_time() - c
+        load[n] = os.getloadavg()  # at the end of this length's run
         print(f"prefill {n} tokens: {secs[n]:.1f} s", flush=True)
         del eng  # free this length's caches before the next
     lo, hi = min(lengths), max(lengths)
     return {"preset": preset, "prefill_chunk": chunk, "seconds": secs, "cpu_seconds": cpu,
-            "tokens_ratio": hi / lo, "time_ratio": secs[hi] / secs[lo], "cpu_time_ratio": cpu[hi] / cpu[lo]}
+            "tokens_ratio": hi / lo, "time_ratio": secs[hi] / secs[lo], "cpu_time_ratio": cpu[hi] / cpu[lo],
+            "load_avg_after": load}
 
 
 def main() -> None:
@@ -270,7 +272,7 @@ def main() -> None:
     if hf is not None:
         log("vs_transformers", hf)
     if args.long and want("long_prefill"):
-        log("long_prefill", long_prefill("flagship", (16 * 1024, 64 * 1024), 2048))
+        log("long_prefill", long_prefill("flagship", (16 * 1024, 32 * 1024, 64 * 1024), 2048))
     res["machine"]["load_avg_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

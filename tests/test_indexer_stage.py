@@ -43,3 +43,19 @@ def test_warmup_needs_an_indexer():
     with pytest.raises(UserError, match="lightning indexer"):
         IndexerSchedule(build_model("baseline"), warmup_steps=5)
     IndexerSchedule(build_model("baseline"), warmup_steps=0)  # off: fine without one
+
+
+def test_warmup_runs_at_its_own_constant_lr_in_the_loop(tmp_path, data_dir):
+    """Stage 1 runs at --indexer-warmup-lr (Muon scaled alike), not the main warm-up ramp;
+    stage 2 follows the main schedule from the global step."""
+    from dsv4.train.metrics import read_metrics
+    from dsv4.train.pretrain import pretrain
+    from helpers_train import tiny_config
+
+    cfg = tiny_config(tmp_path, data_dir, max_steps=4, eval_every=0, save_every=0, seq_len=32, lr=1e-2,
+                      muon_lr=0.02, warmup_steps=4, indexer_warmup_steps=2, indexer_warmup_lr=3e-3)
+    pretrain(cfg)
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [r["lr"] for r in rows[:2]] == pytest.approx([3e-3, 3e-3])
+    assert [r["lr_muon"] for r in rows[:2]] == pytest.approx([6e-3, 6e-3])
+    assert [r["lr"] for r in rows[2:]] == pytest.approx([1e-2 * 3 / 4, 1e-2])  # the main ramp, steps 3-4

@@ -18,16 +18,22 @@ STEPS = 4
 # One torchrun launch (process start-up dominates on 2 cores): a session that stops at
 # STEPS-2 with a distributed checkpoint, then a session that resumes from it.
 ENTRY = """
+import faulthandler
 import sys
+faulthandler.enable()  # a native abort prints every thread's Python stack
 import torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from helpers_train import tiny_config
+from dsv4.train.distributed import end_worker
 from dsv4.train.pretrain import pretrain
 dist.init_process_group("gloo")
 cfg = dict(max_steps={steps}, eval_every=0, save_every=0, seq_len=32)
 pretrain(tiny_config({out!r}, {data!r}, stop_at={steps} - 2, **cfg))
 pretrain(tiny_config({out!r}, {data!r}, resume=True, **cfg))
+print("trained", flush=True)
 dist.destroy_process_group()
+print("destroyed", flush=True)
+end_worker(0)  # as `dsv4 train` does under torchrun
 """
 
 
@@ -57,6 +63,7 @@ def test_two_rank_fsdp_matches_single_process_and_resumes(tmp_path, data_dir):
     ]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("destroyed") == 2  # both ranks ran to the end
 
     ckpts = sorted(p.name for p in dist.glob("step-*"))
     assert ckpts == [f"step-{STEPS - 2:06d}", f"step-{STEPS:06d}"]

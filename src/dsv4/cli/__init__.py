@@ -53,14 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         (getattr(args, "_parser", None) or parser).print_help()
         return 2
     try:
-        rc = func(args)
+        rc = int(func(args) or 0)
     except UserError as e:
         print(f"dsv4: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         print("dsv4: interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+        rc = 130
+    if "dsv4.train.distributed" in sys.modules:  # only a training command can have joined a group
+        from dsv4.train.distributed import end_worker
+
+        end_worker(rc)  # returns unless this is a torchrun worker
+    return rc
 
 
 if __name__ == "__main__":

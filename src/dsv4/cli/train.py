@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="DSA stage 1: train only the lightning indexer for N steps, then everything (default 0)",
     )
     s.add_argument(
+        "--indexer-warmup-lr", type=float, default=None,
+        help="constant lr of that stage for AdamW groups, Muon's scaled by muon-lr/lr (default 1e-3)",
+    )
+    s.add_argument(
         "--eval-every", type=int, default=None, help="steps between val bits-per-byte (default 100)"
     )
     s.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default 200)")
@@ -92,6 +96,7 @@ def train_config_from_args(args: argparse.Namespace):
         ("muon_lr", "muon_lr"),
         ("warmup_steps", "warmup_steps"),
         ("indexer_warmup_steps", "indexer_warmup_steps"),
+        ("indexer_warmup_lr", "indexer_warmup_lr"),
         ("eval_every", "eval_every"),
         ("save_every", "save_every"),
         ("compile", "compile"),

@@ -13,9 +13,12 @@ compressor's `project`/`pool`/`finish`, the indexer's `scores`):
     (the partial-block state) and pooled into an entry when a block completes
     (`CompressedCache`); an entry is visible once its block is complete;
   - the lightning indexer's compressed keys: a second `CompressedCache`; the indexer's
-    top-k over the visible entries picks what each query reads (stage "sparse").
+    top-k over the visible entries (`Indexer.select`) picks what each query reads (stage
+    "sparse").
 
-One fp32 softmax over [raw keys | compressed entries | sink], as in training.
+One fp32 softmax over [raw keys | compressed entries | sink], as in training. A long
+prompt chunk on a sliding-window layer goes through `windowed.windowed_attend` (queries by
+sub-chunks, HCA entries by row blocks): the same math without the chunk-squared terms.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from dsv4.infer.cache import CompressedCache, DenseStore, RingStore, causal_mask
-from dsv4.model.indexer import topk_indices
+from dsv4.infer.windowed import windowed_attend
+from dsv4.model.attention import MIN_CHUNK
 from dsv4.model.rope import apply_rope
 
 
@@ -34,6 +38,10 @@ class AttentionCache:
         w = attn.window
         self.window = w if 0 < w < max_len else 0  # a window as long as the context is no window
         self.raw = RingStore(owner, slots, w + slack) if self.window else DenseStore(owner, slots, max_len)
+        # query sub-chunk of a long chunk (`windowed_attend`): >= the ring, so the ring's cells
+        # fit in front of the first sub-chunk, and >= the window, so each sub-chunk's keys are
+        # its own and the previous sub-chunk's
+        self.sub = max(w + slack, MIN_CHUNK)
         self.cmp = self.idx = None
         if attn.compressor is not None:
             span = 2 * attn.ratio if attn.compressor.overlap else attn.ratio
@@ -53,16 +61,22 @@ class AttentionCache:
         freqs = attn._freqs(ctx)  # per token [B, T, r/2]
         q, qr, k, v = attn._qkv(x, freqs)  # the model's own projection + RoPE
         k_all, v_all, k_pos = self.raw.append(k, None if v is k else v, pos)
-        raw_mask = causal_mask(pos, k_pos, self.window)[:, 0]  # [B, T, K]
         if attn.plain:
+            raw_mask = causal_mask(pos, k_pos, self.window)
             out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=raw_mask[:, None],
+                q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=raw_mask,
                 enable_gqa=attn.n_kv != attn.n_heads).transpose(1, 2)
         else:
-            ent = allowed = None
+            ent = sel = None
             if self.cmp is not None:
-                ent, allowed = self._compressed(attn, x, qr, freqs, pos)
-            out = self._attend(attn, q, k_all, v_all, raw_mask, ent, allowed)
+                ent, sel = self._compressed(attn, x, qr, freqs, pos)
+            if self.window and T >= 2 * self.sub:  # a long prompt chunk: window by sub-chunks
+                out = windowed_attend(attn, q, k_all, v_all, k_pos, pos, self.sub, ent, sel)
+            else:
+                if ent is not None and ent.dim() == 3:  # dense entries: sel = their block ends
+                    sel = causal_mask(pos, sel)[:, 0]
+                raw_mask = causal_mask(pos, k_pos, self.window)[:, 0]  # [B, T, K]
+                out = self._attend(attn, q, k_all, v_all, raw_mask, ent, sel)
         if attn.cfg.shared_kv:
             out = apply_rope(out, freqs, inverse=True)  # undo the rotation V carried
         return attn._output(out)
@@ -104,23 +118,23 @@ class AttentionCache:
 
     # ---- compressed entries ------------------------------------------------------------------
     def _compressed(self, attn, x, qr, freqs, pos):
-        """(entries [B, N, d], allowed [B, T, N]) after adding this chunk's complete blocks."""
+        """After adding this chunk's complete blocks: (entries [B, N, d], their block end positions
+        [B, N]) for dense reading (HCA), or (picked entries [B, T, k, d], ok [B, T, k]) (CSA)."""
         rows = self.owner.rows
         ent = self._update(self.cmp, attn.compressor, x, pos, rows)
         if ent is None:  # no block of any row is complete yet
             if self.idx is not None:
                 self._update(self.idx, attn.indexer.compressor, x, pos, rows)
             return None, None
-        visible = causal_mask(pos, self.cmp.block_positions(rows))[:, 0]
+        ends = self.cmp.block_positions(rows)
         if self.idx is None or attn.indexer_stage != "sparse":
             if self.idx is not None:  # keep the indexer's keys current for a later stage switch
                 self._update(self.idx, attn.indexer.compressor, x, pos, rows)
-            return ent, visible
+            return ent, ends
         keys = self._update(self.idx, attn.indexer.compressor, x, pos, rows)
-        scores = attn.indexer.scores(x, qr, keys, freqs)  # [B, T, N]
         # Gather each query's top-k entries ([B, T, k, d], validity [B, T, k]) rather than
         # masking all N: attention to the selected blocks costs O(T k), not O(T N) (CSA).
-        idx, ok = topk_indices(scores, visible, attn.indexer.topk)
+        idx, ok = attn.indexer.select(x, qr, keys, freqs, pos, ends, attn.indexer.topk)
         B, T, k = idx.shape
         picked = ent.gather(1, idx.reshape(B, T * k, 1).expand(-1, -1, ent.shape[-1]))
         return picked.view(B, T, k, ent.shape[-1]), ok

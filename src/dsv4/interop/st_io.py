@@ -181,8 +181,20 @@ def write_safetensors(path: str | Path, plan: list[Planned], metadata: dict[str,
                 raise RuntimeError(
                     f"{p.name}: produced {tuple(t.shape)} {t.dtype}, planned {p.shape} {p.dtype}"
                 )
-            f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            _write_tensor(f, t)
     tmp.replace(path)
+
+
+WRITE_CHUNK_BYTES = 64 << 20
+
+
+def _write_tensor(f, t: torch.Tensor) -> None:
+    """Write a tensor's bytes in chunks straight from its memory (numpy's buffer, no bytes
+    copy): an mmap-backed Engram table streams through the page cache instead of being
+    copied whole into RAM."""
+    flat = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    for a in range(0, flat.numel(), WRITE_CHUNK_BYTES):
+        f.write(flat[a: a + WRITE_CHUNK_BYTES].numpy())
 
 
 def write_sharded(out_dir: str | Path, plan: list[Planned], max_shard_bytes: int = 0) -> list[str]:

@@ -29,8 +29,9 @@ for the value product. Masks are built once per forward and shared by all layers
 Cached decoding (later, inference engine) reuses the same pieces: raw K=V ring buffer of
 the last window_size tokens; `Compressor.project` per new token, `Compressor.pool` +
 `finish` when a block completes (carrying the previous block's Ca half for r = 4);
-compressed entries and indexer keys appended per block; `Indexer.scores` + `topk_select`
-over the cached index keys with `compressed_visible` for the new positions.
+compressed entries and indexer keys appended per block; `Indexer.select` (the top-k without
+a [T, N] score tensor) over the cached index keys. Inference here uses `Indexer.select` too,
+so both paths pick alike; training (the KL wants every score) uses `scores` + `topk_indices`.
 
 Indexer training (DSA, V3.2): `set_indexer_stage(model, "dense" | "sparse")`.
 "dense": the main attention reads all complete blocks; "sparse" (default): only the
@@ -223,12 +224,16 @@ class Attention(nn.Module):
         if sparse or want_kl:
             xd, qd = x.detach(), qr.detach()  # the indexer learns only from its KL loss
             keys = self.indexer.compressor(xd, freqs[::r])
-            scores = self.indexer.scores(xd, qd, keys, freqs)
-            if want_kl:
-                out["scores"] = scores
-        if sparse:
-            out["idx"], out["ok"] = topk_indices(scores, visible, self.indexer.topk)
-        else:
+        if want_kl:
+            out["scores"] = scores = self.indexer.scores(xd, qd, keys, freqs)
+            if sparse:
+                out["idx"], out["ok"] = topk_indices(scores, visible, self.indexer.topk)
+        elif sparse:  # inference: the same blocked selection as the cached engine (no [T, N] scores)
+            ends = (torch.arange(n, device=x.device) + 1) * r - 1
+            q_pos = torch.arange(T, device=x.device)
+            out["idx"], out["ok"] = self.indexer.select(xd, qd, keys, freqs, q_pos[None], ends[None],
+                                                        self.indexer.topk)
+        if not sparse:
             out["allowed"] = visible.unsqueeze(0)
         return out
 

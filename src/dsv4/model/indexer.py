@@ -30,6 +30,10 @@ from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
 from dsv4.model.rope import apply_rope
 
+# `Indexer.select` scores about this many (query, block) pairs at once: [queries, heads, N] in
+# cache at long contexts (16 queries at N = 16k), few Python steps at short ones
+SCORE_BLOCK = 1 << 18
+
 
 class Indexer(nn.Module):
     def __init__(self, cfg: ModelConfig, q_in_dim: int, ratio: int):
@@ -51,6 +55,50 @@ class Indexer(nn.Module):
         dots = dots.relu_().view(B, T, self.n_heads, -1)
         # the head-weighted sum as a matmul: no [B, T, H, N] temporary (DeepSeek also scores in bf16)
         return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
+
+    @torch.no_grad()
+    def select(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor, freqs: torch.Tensor,
+               q_pos: torch.Tensor, ends: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference top-k without the [B, T, N] score tensor: (idx, ok) [B, T, k'] as
+        `topk_indices(scores(...), visible, k)` would give, for queries at q_pos [B|1, T]
+        against blocks ending at ends [B|1, N] (-1: not held); a block is visible iff
+        0 <= end <= query position.
+
+        The scores are made for a few queries at a time (SCORE_BLOCK), so that the dot products (the
+        matmul's dtype: bf16 under autocast, DeepSeek's indexer is low precision too) and their
+        head-weighted sum (fp32) stay in cache, and the top-k of each block is taken right
+        away. The causal mask touches only the blocks that complete inside the query block.
+        With N <= k every visible block is picked and nothing is scored (CSA = dense)."""
+        B, T, _ = x.shape
+        N = keys.shape[1]
+        q_pos, ends = q_pos.expand(B, -1), ends.to(q_pos.device).expand(B, -1)
+        if N <= k:
+            idx = torch.arange(N, device=x.device).expand(B, T, N)
+            return idx, (ends.unsqueeze(1) <= q_pos.unsqueeze(2)) & (ends.unsqueeze(1) >= 0)
+        H = self.n_heads
+        q = apply_rope(self.wq_b(qr).view(B, T, H, self.head_dim), freqs)
+        w = self.weights_proj(x).float() * self.weight_scale  # [B, T, H]
+        kt = keys.to(q.dtype).transpose(1, 2)  # [B, d, N]
+        idx = torch.empty(B, T, k, dtype=torch.long, device=x.device)
+        ok = torch.empty(B, T, k, dtype=torch.bool, device=x.device)
+        held = ends >= 0
+        step = max(SCORE_BLOCK // N, 8)
+        for b in range(B):
+            for s in range(0, T, step):
+                e = min(s + step, T)
+                # all heads in one matmul (one packing of the keys), then the fp32 weighted sum
+                dots = torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b]).relu_().view(e - s, H, N)
+                acc = dots[:, 0] * w[b, s:e, :1]
+                for h in range(1, H):
+                    acc.addcmul_(dots[:, h], w[b, s:e, h:h + 1])
+                # blocks complete at the block's first query are visible to all of its queries
+                lo = int((held[b] & (ends[b] <= q_pos[b, s])).sum())
+                tail = ends[b, lo:]
+                vis = (tail >= 0) & (tail <= q_pos[b, s:e].unsqueeze(1))
+                acc[:, lo:].masked_fill_(~vis, float("-inf"))
+                vals, idx[b, s:e] = topk_earliest(acc, k)
+                ok[b, s:e] = vals > float("-inf")
+        return idx, ok
 
 
 @torch.no_grad()
@@ -79,8 +127,32 @@ def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[t
     (ties: earliest first), and whether each pick is a real, causally visible block (False
     where fewer than k are complete yet)."""
     k = min(k, scores.shape[-1])
-    idx = tie_broken_keys(scores, visible).topk(k, dim=-1).indices
+    _, idx = topk_earliest(scores.detach().float().masked_fill(~visible, float("-inf")), k)
     return idx, visible.expand_as(scores).gather(-1, idx)
+
+
+def topk_earliest(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest of s [..., N] (fp32, -inf = not a candidate), equal
+    values ordered earliest first (see `tie_broken_keys`). A plain topk first; only the rows
+    where the k-th value is tied with one left out are redone on the tie-broken int64 keys,
+    which cost ~10x a float topk."""
+    if s.shape[-1] <= k:
+        vals, idx = s.topk(k, dim=-1)
+        amb = torch.zeros_like(vals[..., 0], dtype=torch.bool)
+    else:  # one more than asked: a k-th value tied with the (k+1)-th one is a tie left out
+        vals, idx = s.topk(k + 1, dim=-1)
+        amb = (vals[..., k - 1] == vals[..., k]) & (vals[..., k - 1] > float("-inf"))
+        vals, idx = vals[..., :k], idx[..., :k]
+    if amb.any():
+        rows = s[amb]
+        fix = tie_broken_keys(rows, rows > float("-inf")).topk(k, dim=-1).indices
+        idx[amb] = fix
+        vals[amb] = rows.gather(-1, fix)
+    # the order of the tie-broken keys (value descending, ties earliest first), so that sums
+    # over the picks run in one order whichever way they were found
+    idx, perm = idx.sort(dim=-1)
+    vals, order = vals.gather(-1, perm).sort(dim=-1, descending=True, stable=True)
+    return vals, idx.gather(-1, order)
 
 
 def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:

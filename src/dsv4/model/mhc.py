@@ -10,8 +10,11 @@ pre = sigmoid + eps, post = 2 sigmoid, comb = Sinkhorn-Knopp (doubly stochastic)
 
 `comb` is applied *transposed* (out_k sums over comb's FIRST index), exactly as DeepSeek's
 inference code does; the paper's H_res is comb^T. Forgetting the transpose is a known
-port bug. Sinkhorn and the RMS statistics run in fp32 whatever the autocast dtype; the
-residual mix runs in fp32 so that the stream keeps the precision of a plain residual.
+port bug. Sinkhorn, the gates, the RMS statistics and the mixing sums run in fp32 whatever
+the autocast dtype; between layers the streams are stored in the training dtype (bf16 under
+autocast, as DeepSeek keeps its residual stream in the model dtype; fp32 otherwise), which
+halves every pass over the n-times-wider stream. A 120-step A/B against fp32 streams
+(README, mHC overhead) showed no loss difference beyond seed noise.
 
 Speed (the stream is n times wider than a plain residual, so the cost is memory passes,
 not FLOPs): the three stream passes (RMS mix, pre-mix, post/res mix) and Sinkhorn each have
@@ -225,7 +228,8 @@ def _rms_mix(x: torch.Tensor, phi: torch.Tensor, norm_eps: float) -> torch.Tenso
     flat = x.reshape(-1, x.shape[-2] * x.shape[-1])
     dtype = _compute_dtype(x)  # read before autocast is switched off below
     with torch.autocast(device_type=x.device.type, enabled=False):
-        mixes = _RMSMix.apply(flat.float(), phi, norm_eps, dtype)
+        # bf16 streams go in as they are (no fp32 copy): the RMS sums in fp32 anyway
+        mixes = _RMSMix.apply(flat, phi, norm_eps, dtype)
     return mixes.reshape(*x.shape[:-2], phi.shape[0])
 
 
@@ -238,20 +242,37 @@ def _gates(mixes: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor, n: int,
     return pre, post, res
 
 
-def _stream_pre(x, phi, alpha, bias, n: int, eps: float, norm_eps: float, dtype):
-    """Plain-op form of the pre-mix, for torch.compile to fuse: (h = H_pre x, post, comb logits).
-
-    Same maths as _RMSMix + _gates + _PreMix; inductor turns the RMS, the casts, the gates
-    and the n-term sum into a few loops over the stream (forward and backward).
-    """
+def _stream_mixes(x, phi, norm_eps: float):
+    """Plain-op phi(RMSNorm(vec(x))) for streams x [..., n, D] -> [..., out] fp32 (as _RMSMix)."""
     flat = x.flatten(-2)
     rstd = torch.rsqrt(flat.float().square().mean(-1, keepdim=True) + norm_eps)
-    mixes = (flat.to(dtype) @ phi.to(dtype).t()).float() * rstd
-    pre, post, res = _gates(mixes, alpha, bias, n, eps)
-    h = pre[..., 0:1] * x[..., 0, :].float()
-    for j in range(1, n):
-        h = h + pre[..., j:j + 1] * x[..., j, :].float()
-    return h, post, res
+    return (flat @ phi.to(x.dtype).t()).float() * rstd
+
+
+def _stream_sum(x, w):
+    """Plain-op sum_j w_j x_j for streams x [..., n, D] and weights w [..., n], in x's dtype."""
+    h = w[..., 0:1] * x[..., 0, :].float()
+    for j in range(1, x.shape[-2]):
+        h = h + w[..., j:j + 1] * x[..., j, :].float()
+    return h.to(x.dtype)
+
+
+def _stream_pre(x, phi, alpha, bias, n: int, eps: float, norm_eps: float):
+    """Plain-op form of the pre-mix, for torch.compile to fuse: (h = H_pre x, post, comb logits).
+
+    Same maths as _RMSMix + _gates + _PreMix; inductor turns the RMS, the gates and the
+    n-term sum into a few loops over the stream (forward and backward). h comes out in the
+    stream's dtype. Sinkhorn stays outside: its hand-written backward is ~2x faster than
+    what inductor makes of the unrolled normalisations.
+    """
+    pre, post, res = _gates(_stream_mixes(x, phi, norm_eps), alpha, bias, n, eps)
+    return _stream_sum(x, pre), post, res
+
+
+def _stream_head(x, phi, alpha, bias, eps: float, norm_eps: float):
+    """Plain-op form of HyperHead.forward (sigmoid-weighted collapse), for torch.compile."""
+    w = torch.sigmoid(_stream_mixes(x, phi, norm_eps) * alpha.float() + bias.float()) + eps
+    return _stream_sum(x, w)
 
 
 def _stream_post(x, comb, post, y):
@@ -266,36 +287,31 @@ _COMPILED: dict[str, object] = {}
 
 
 def set_compile(enabled: bool) -> None:
-    """Run the stream mixing of every HyperConnection through torch.compile (opt-in).
+    """Run the stream mixing of every HyperConnection and HyperHead through torch.compile.
 
-    Inductor fuses the passes over the n-times-wider stream into a few C++/Triton loops
-    (~3x less time per hyper-connection on CPU). Off by default: compiling costs ~10-30 s
-    per shape, too much for tests and short runs. Also on with DSV4_MHC_COMPILE=1.
+    Inductor fuses the passes over the n-times-wider stream into one C++/Triton loop each
+    (forward and backward) around the phi matmul (~3x less time per hyper-connection on
+    CPU). Off by default: compiling costs ~30-60 s per shape, too much for tests and short
+    runs (benchmarks/mhc_overhead.py turns it on). Also on with DSV4_MHC_COMPILE=1.
     """
     _COMPILED.clear()
     if enabled:
         _COMPILED["pre"] = torch.compile(_stream_pre)
         _COMPILED["post"] = torch.compile(_stream_post)
+        _COMPILED["head"] = torch.compile(_stream_head)
 
 
 if os.environ.get("DSV4_MHC_COMPILE") == "1":
     set_compile(True)
 
 
-def _rms_mix_nograd(flat: torch.Tensor, phi: torch.Tensor, norm_eps: float, dtype) -> torch.Tensor:
-    """_RMSMix's forward without autograd: flat [N, nC] fp32 -> phi(RMSNorm(flat)) [N, out] fp32."""
-    ss = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square()
-    raw = (flat if dtype == flat.dtype else flat.to(dtype)) @ phi.to(dtype).t()
-    return raw.float() * torch.rsqrt(ss / flat.shape[-1] + norm_eps)
-
-
 def _nograd_premix(xs, phi, alpha, bias, n: int, eps: float, norm_eps: float, iters: int,
-                   unconstrained: bool, dtype, loop_sinkhorn: bool = False):
-    """(h = H_pre x [N, 1, d], post [N, n], comb [N, n, n]) for streams xs [N, n, d] fp32,
-    without autograd: the maths of _RMSMix, _gates, Sinkhorn and _PreMix in plain ops.
-    `loop_sinkhorn`: Sinkhorn as a plain loop of sums and divisions (for torch.compile,
-    which fuses the 2 * iters normalisations into one loop); else `sinkhorn`."""
-    pre, post, res = _gates(_rms_mix_nograd(xs.flatten(1), phi, norm_eps, dtype), alpha, bias, n, eps)
+                   unconstrained: bool, loop_sinkhorn: bool = False):
+    """(h = H_pre x [N, 1, d] fp32, post [N, n], comb [N, n, n]) for streams xs [N, n, d] (the
+    stream dtype), without autograd: the maths of _RMSMix, _gates, Sinkhorn and _PreMix in
+    plain ops. `loop_sinkhorn`: Sinkhorn as a plain loop of sums and divisions (for
+    torch.compile, which fuses the 2 * iters normalisations into one loop); else `sinkhorn`."""
+    pre, post, res = _gates(_stream_mixes(xs, phi, norm_eps), alpha, bias, n, eps)
     if unconstrained:
         comb = res
     elif loop_sinkhorn:  # DeepSeek's variant, as in `sinkhorn`
@@ -306,7 +322,7 @@ def _nograd_premix(xs, phi, alpha, bias, n: int, eps: float, norm_eps: float, it
             comb = comb / (comb.sum(-2, keepdim=True) + eps)
     else:
         comb = sinkhorn(res, iters, eps)
-    return torch.bmm(pre.unsqueeze(1), xs), post, comb
+    return torch.bmm(pre.unsqueeze(1), xs.float()), post, comb
 
 
 _DECODE: dict[str, object] = {}
@@ -363,6 +379,10 @@ class HyperConnection(nn.Module):
         return res if self.unconstrained else sinkhorn(res, self.iters, self.eps)
 
     def forward(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
+        # The streams are kept in the training dtype between layers (bf16 under autocast, as
+        # DeepSeek does; fp32 otherwise): half the memory traffic of the n-wide stream. The
+        # coefficients and Sinkhorn still run in fp32. The first layer casts the embedding.
+        x = x.to(_compute_dtype(x))
         if _COMPILED:
             return self._forward_compiled(x, sublayer, ctx)
         if not torch.is_grad_enabled():  # inference (decode steps, eval): no autograd Functions
@@ -380,7 +400,6 @@ class HyperConnection(nn.Module):
             out = _PostRes.apply(xs, comb, post.reshape(-1, n), y.reshape(-1, d))
         return out.reshape(x.shape).to(x.dtype)
 
-
     def _forward_nograd(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
         """The forward without autograd (same maths as the Functions' forwards, fewer ops).
 
@@ -390,13 +409,12 @@ class HyperConnection(nn.Module):
         the coefficients and the pre-mix of a few tokens are one compiled function.
         """
         lead, (n, d) = x.shape[:-2], x.shape[-2:]
-        dtype = _compute_dtype(x)
         amp = torch.is_autocast_enabled(x.device.type)
         off = torch.autocast(device_type=x.device.type, enabled=False) if amp else contextlib.nullcontext()
         with off:
-            xs = x.float().reshape(-1, n, d).contiguous()  # the expanded embedding has stride 0
+            xs = x.reshape(-1, n, d).contiguous()  # the expanded embedding has stride 0
             args = (xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps, self.iters,
-                    self.unconstrained, dtype)
+                    self.unconstrained)
             if _DECODE and not amp and xs.shape[0] <= DECODE_COMPILE_MAX_TOKENS:
                 h, post, comb = _DECODE["premix"](*args, loop_sinkhorn=True)
             else:
@@ -405,19 +423,20 @@ class HyperConnection(nn.Module):
             ctx.hc_record.append(comb.reshape(*lead, n, n)[0])
         y = sublayer(h.reshape(*lead, d).to(x.dtype))
         with off:
-            # out_k = post_k y + sum_j comb[j, k] x_j (comb transposed, as in _PostRes)
-            out = torch.baddbmm(post.unsqueeze(-1) * y.reshape(-1, 1, d).float(), comb.transpose(1, 2), xs)
+            # out_k = post_k y + sum_j comb[j, k] x_j (comb transposed, as in _PostRes), in fp32
+            out = torch.baddbmm(post.unsqueeze(-1) * y.reshape(-1, 1, d).float(), comb.transpose(1, 2),
+                                xs.float())
         return out.reshape(x.shape).to(x.dtype)
 
     def _forward_compiled(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
-        dtype = _compute_dtype(x)
+        x = x.contiguous()  # one layout for every call: one compiled graph, not one per stride
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h, post, res = _COMPILED["pre"](x, self.phi, self.alpha, self.bias, self.n, self.eps,
-                                            self.norm_eps, dtype)
-            comb = self._project(res)  # Sinkhorn stays eager: its own backward is already cheap
+            h, post, res = _COMPILED["pre"](x, self.phi, self.alpha, self.bias,
+                                            self.n, self.eps, self.norm_eps)
+            comb = self._project(res)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb[0].detach())
-        y = sublayer(h.to(x.dtype))
+        y = sublayer(h)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return _COMPILED["post"](x, comb, post, y)
 
@@ -461,20 +480,22 @@ class HyperHead(nn.Module):
         self.bias.fill_(-math.log(self.n - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _COMPILED:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return _COMPILED["head"](x, self.phi, self.alpha, self.bias, self.eps, self.norm_eps)
         if not torch.is_grad_enabled():  # inference: plain ops, one batched product for the sum
             return self._forward_nograd(x)
         mixes = _rms_mix(x, self.phi, self.norm_eps)
         w = torch.sigmoid(mixes * self.alpha.float() + self.bias.float()) + self.eps
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = _PreMix.apply(x.float().reshape(-1, *x.shape[-2:]), w.reshape(-1, self.n))  # sum_j w_j x_j
+            out = _PreMix.apply(x.reshape(-1, *x.shape[-2:]), w.reshape(-1, self.n))  # sum_j w_j x_j
         return out.reshape(*x.shape[:-2], x.shape[-1]).to(x.dtype)
 
     def _forward_nograd(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape[-2:]
-        dtype = _compute_dtype(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xs = x.float().reshape(-1, n, d)
-            mixes = _rms_mix_nograd(xs.flatten(1), self.phi, self.norm_eps, dtype)
-            w = torch.sigmoid(mixes * self.alpha.float() + self.bias.float()) + self.eps
-            out = torch.bmm(w.unsqueeze(1), xs)  # sum_j w_j x_j
+            xs = x.reshape(-1, n, d)
+            w = torch.sigmoid(_stream_mixes(xs, self.phi, self.norm_eps) * self.alpha.float()
+                              + self.bias.float()) + self.eps
+            out = torch.bmm(w.unsqueeze(1), xs.float())  # sum_j w_j x_j
         return out.reshape(*x.shape[:-2], d).to(x.dtype)

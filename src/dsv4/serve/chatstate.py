@@ -33,27 +33,51 @@ def tools_system_text(functions: list[dict], tool_choice=None) -> str:
 
 
 class ChatText:
+    """Streams one generated assistant turn. Parsing is incremental: `base` marks a prefix of the
+    text that is complete (no block left open, no turn end) and already parsed into
+    `base_content` / `base_reasoning`, so each piece re-parses only the text after it — linear
+    in the reply, not quadratic."""
+
     def __init__(self):
         self.call_id_prefix = f"call_{uuid.uuid4().hex[:16]}_"
         self.text = ""
         self.sent_content = ""
         self.sent_reasoning = ""
+        self.base = 0
+        self.base_content = ""
+        self.base_reasoning = ""
 
-    def _visible(self, final: bool) -> str:
+    @staticmethod
+    def _visible(seg: str, final: bool) -> str:
         if final:
-            return self.text
-        open_at = self.text.rfind(S.TOOL_CALL)
-        if open_at >= 0 and self.text.find(S.END_TOOL_CALL, open_at) < 0:
-            return self.text[:open_at]  # a tool call still being written: hold it back
-        return self.text
+            return seg
+        open_at = seg.rfind(S.TOOL_CALL)
+        if open_at >= 0 and seg.find(S.END_TOOL_CALL, open_at) < 0:
+            return seg[:open_at]  # a tool call still being written: hold it back
+        return seg
+
+    @staticmethod
+    def _complete(seg: str) -> bool:
+        """True when `seg` parses independently of what follows: no turn end in it (text after
+        one is ignored), no `<think>` left open, no special token cut at its end."""
+        if S.END in seg or S.EOS in seg or seg.rfind(S.THINK) > seg.rfind(S.END_THINK):
+            return False
+        return not any(seg.endswith(t[:k]) for t in S.SPECIAL_TOKENS for k in range(1, len(t)))
 
     def feed(self, piece: str, final: bool = False) -> dict:
         """Add generated text; return the OpenAI delta ({"content"}/{"reasoning_content"}) it releases."""
         self.text += piece
-        msg = parse_assistant(self._visible(final))
+        seg = self._visible(self.text[self.base :], final)
+        msg = parse_assistant(seg)
+        content = self.base_content + msg["content"]
+        reasoning = self.base_reasoning + (msg.get("reasoning_content") or "")
+        if self._complete(seg):
+            self.base += len(seg)
+            self.base_content, self.base_reasoning = content, reasoning
         delta = {}
-        for key, attr in (("reasoning_content", "sent_reasoning"), ("content", "sent_content")):
-            new, sent = msg.get(key) or "", getattr(self, attr)
+        pairs = (("reasoning_content", reasoning, "sent_reasoning"), ("content", content, "sent_content"))
+        for key, new, attr in pairs:
+            sent = getattr(self, attr)
             if len(new) > len(sent) and new.startswith(sent):
                 delta[key] = new[len(sent):]
                 setattr(self, attr, new)

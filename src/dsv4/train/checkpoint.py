@@ -186,7 +186,8 @@ def read_train_state(ckpt: Path) -> dict:
             f"checkpoint file {path} is missing; it cannot be resumed (but `dsv4 generate` can use it)"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: huge row-wise Engram optimizer state is paged in as it is copied, not read whole
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for a truncated or garbled file
         raise UserError(
             f"checkpoint file {path} is corrupt ({type(e).__name__}); "

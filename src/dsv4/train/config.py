@@ -45,6 +45,7 @@ class TrainConfig:
     # DSA stage 1: the first N steps train only the lightning indexer against the dense
     # attention (V3.2 uses 1000 steps at lr 1e-3); then the sparse stage (train/indexer_stage.py)
     indexer_warmup_steps: int = 0
+    indexer_warmup_lr: float = 1e-3  # constant AdamW lr of stage 1 (Muon's is scaled alike)
 
     # ---- evaluation, checkpoints, logging ------------------------------------------------
     eval_every: int = 100  # steps between validation bits-per-byte (0: only at the end)
@@ -78,6 +79,7 @@ class TrainConfig:
             "step counts must be >= 0",
         )
         need(self.indexer_warmup_steps >= 0, "--indexer-warmup-steps must be >= 0")
+        need(self.indexer_warmup_lr > 0, "--indexer-warmup-lr must be > 0")
         need(self.eval_tokens > 0, "eval_tokens must be > 0")
         need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         need(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")

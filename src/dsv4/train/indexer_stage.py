@@ -5,7 +5,9 @@ every complete compressed entry, and only the lightning indexer learns, from its
 to the attention distribution; every other parameter is frozen. Stage 2, sparse: top-k
 selection on, everything learns; the indexer's input is detached inside the attention, so
 it still learns only from its KL loss. The stage is a pure function of the step, so a
-resumed run lands in the same stage with the same frozen set.
+resumed run lands in the same stage with the same frozen set. Stage 1 runs at its own
+constant lr (V3.2: 1e-3), not the main schedule's warm-up ramp; the main schedule then
+continues from the global step.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ def indexer_parameter(name: str) -> bool:
 
 
 class IndexerSchedule:
-    def __init__(self, model: nn.Module, warmup_steps: int):
+    def __init__(self, model: nn.Module, warmup_steps: int, warmup_lr: float = 1e-3, base_lr: float = 1.0):
         self.model, self.warmup_steps = model, warmup_steps
+        self.warmup_multiplier = warmup_lr / base_lr  # groups' peak lrs are relative to base_lr
         self.stage: str | None = None
         if warmup_steps and not any(indexer_parameter(n) for n, _ in model.named_parameters()):
             raise UserError(
@@ -46,3 +49,7 @@ class IndexerSchedule:
                 p.requires_grad_(trainable)
         self.stage = stage
         return stage
+
+    def lr_multiplier(self, stage: str, scheduled: float) -> float:
+        """The multiplier of every group's peak lr for a step in `stage`."""
+        return self.warmup_multiplier if self.warmup_steps and stage == "dense" else scheduled

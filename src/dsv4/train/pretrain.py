@@ -213,7 +213,8 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
     if env.distributed:
         D.shard_model(model)
     optimizers = build_optimizers(model, cfg)
-    indexer_schedule = IndexerSchedule(model, cfg.indexer_warmup_steps)  # after the optimizers: it freezes
+    # after the optimizers: it freezes parameters
+    indexer_schedule = IndexerSchedule(model, cfg.indexer_warmup_steps, cfg.indexer_warmup_lr, cfg.lr)
     if batches is not None:
         loader = batches(seq_len, cfg.seed, env.rank, env.world_size)
     else:
@@ -297,10 +298,11 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
                 break
             t0 = time.perf_counter()
             frac = run_progress(step, cfg.max_steps, elapsed(), cfg.time_budget_min)
-            lrs = set_lr(optimizers, lr_multiplier(step, frac, cfg.warmup_steps, cfg.decay, cfg.min_lr_frac))
+            stage = indexer_schedule.update(step)
+            scheduled = lr_multiplier(step, frac, cfg.warmup_steps, cfg.decay, cfg.min_lr_frac)
+            lrs = set_lr(optimizers, indexer_schedule.lr_multiplier(stage, scheduled))
             if has_progress_hook:
                 model.set_training_progress(frac)
-            indexer_schedule.update(step)
             x, y = loader.next_batch()
             x, y = x.to(env.device), y.to(env.device)
             if prefetcher.layers:
