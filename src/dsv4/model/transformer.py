@@ -113,6 +113,15 @@ class Transformer(nn.Module):
         self.register_buffer("freqs", rope_frequencies(cfg, cfg.max_seq_len), persistent=False)
         self.reset_parameters()
 
+    def _apply(self, fn, recurse=True):
+        # `model.to(torch.bfloat16)` casts complex buffers too, dropping the imaginary part of
+        # the RoPE angles (a silently wrong model): keep them complex64, only follow the device.
+        freqs = self.freqs
+        out = super()._apply(fn, recurse)
+        if self.freqs.dtype != freqs.dtype:
+            self.freqs = freqs.to(self.freqs.device)
+        return out
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """GPT-style init: N(0, init_std), output projections scaled by 1/sqrt(2L)."""
