@@ -89,7 +89,7 @@ class Indexer(nn.Module):
             for s in range(0, T, step):
                 e = min(s + step, T)
                 # all heads in one matmul (one packing of the keys), then the fp32 weighted sum
-                dots = torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b]).relu_().view(e - s, H, N)
+                dots = _relu_(torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b])).view(e - s, H, N)
                 acc = dots[:, 0] * w[b, s:e, :1]
                 for h in range(1, H):
                     acc.addcmul_(dots[:, h], w[b, s:e, h:h + 1])
@@ -101,6 +101,15 @@ class Indexer(nn.Module):
                 vals, idx[b, s:e] = topk_earliest(acc, k)
                 ok[b, s:e] = vals > float("-inf")
         return idx, ok
+
+
+def _relu_(t: torch.Tensor) -> torch.Tensor:
+    """In-place ReLU; of 16-bit floats on their bits (sign bit set = negative int16 -> 0 = +0.0):
+    an integer clamp, where a bf16 relu_ converts every element to fp32 and back."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t.view(torch.int16).clamp_min_(0)
+        return t
+    return t.relu_()
 
 
 @torch.no_grad()
