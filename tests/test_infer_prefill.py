@@ -11,7 +11,7 @@ import dsv4.model.indexer as indexer
 from dsv4.config import make_config
 from dsv4.infer.engine import Engine
 from dsv4.infer.sampling import SamplingParams
-from dsv4.model.indexer import Indexer, topk_indices
+from dsv4.model.indexer import Indexer, tie_broken_keys, topk_earliest, topk_indices
 from dsv4.model.rope import rope_frequencies
 from dsv4.model.transformer import build_model
 
@@ -100,6 +100,29 @@ def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, qu
 
     assert torch.equal(picked(idx, ok), picked(want_idx, want_ok))
     assert picked(idx, ok).any()
+
+
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_topk_by_group_maxima_is_the_tie_broken_topk(group, monkeypatch):
+    """Long rows' top-k (group maxima first) is the top-k of the tie-broken keys over the whole
+    row, in their order: many tied values (zeros, small integers), -inf cells, whole -inf rows,
+    a short last group."""
+    monkeypatch.setattr(indexer, "TOPK_GROUP", group)
+    torch.manual_seed(0)
+    grouped = False
+    for n, k in [(100, 5), (257, 6), (97, 1), (64, 16)]:
+        s = torch.randint(-2, 4, (9, n)).float().relu_()
+        s[3:6] = torch.randn(3, n)
+        s[:, torch.rand(n) < 0.3] = float("-inf")
+        s[7] = float("-inf")
+        s[8, n // 2:] = float("-inf")
+        vals, idx = topk_earliest(s, k)
+        want = tie_broken_keys(s, s > float("-inf")).topk(k, dim=-1).indices
+        assert torch.equal(idx, want), (n, k)
+        assert torch.equal(vals, s.gather(-1, want))
+        if n >= 4 * k * group:
+            grouped = True
+    assert grouped  # at least one case took the grouped path
 
 
 def test_long_chunks_gqa_window_without_sink_or_shared_kv():

@@ -12,7 +12,7 @@ Here (same math, one softmax over [raw window | compressed | sink] per query):
   - CSA: each query's k picked entries join its sub-chunk's softmax (O(T k));
   - HCA (dense entries): the entries complete before the chunk's first token are visible to
     every query, so they need no mask: their softmax is taken a few (query, head) rows at
-    a time (`_dense_lse`: bf16 matmuls under autocast, fp32 exp, no [T, N] tensor in
+    a time (`_dense_lse`: bf16 matmuls under autocast, fp32 exp2, no [T, N] tensor in
     memory) and merged exactly, by log-sum-exp, with the softmax over [window | the
     chunk's own newly complete entries | sink]:
         out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse),  lse = logaddexp(lse_a, lse_b).
@@ -20,9 +20,11 @@ Here (same math, one softmax over [raw window | compressed | sink] per query):
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-SCORE_BLOCK = 1 << 20  # (row, entry) scores per step of `_dense_lse`: 256 rows at N = 4096
+SCORE_BLOCK = 1 << 18  # (row, entry) scores per step of `_dense_lse`: 64 rows at N = 4096 (fp32 in L2)
 
 
 def _dense_lse(q: torch.Tensor, e: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,13 +34,14 @@ def _dense_lse(q: torch.Tensor, e: torch.Tensor, scale: float) -> tuple[torch.Te
     lse = q.new_empty(q.shape[0], 1, dtype=torch.float32)
     et = e.transpose(0, 1)
     rows = max(SCORE_BLOCK // e.shape[0], 64)
+    # in base 2 (logits * log2(e), exp2): torch's fp32 exp2 runs ~4x faster than its exp on CPU
     for s in range(0, q.shape[0], rows):
-        z = torch.matmul(q[s:s + rows], et).float().mul_(scale)
+        z = torch.matmul(q[s:s + rows], et).float().mul_(scale * math.log2(math.e))
         m = z.amax(-1, keepdim=True)
-        z.sub_(m).exp_()
+        torch.exp2(z.sub_(m), out=z)
         total = z.sum(-1, keepdim=True)
         out[s:s + rows] = torch.matmul(z.to(e.dtype), e).float().div_(total)
-        lse[s:s + rows] = m + total.log()
+        lse[s:s + rows] = m * math.log(2.0) + total.log()
     return out, lse
 
 

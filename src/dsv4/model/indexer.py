@@ -33,6 +33,8 @@ from dsv4.model.rope import apply_rope
 # `Indexer.select` scores about this many (query, block) pairs at once: [queries, heads, N] in
 # cache at long contexts (16 queries at N = 16k), few Python steps at short ones
 SCORE_BLOCK = 1 << 18
+# `topk_earliest` on rows of >= 4 k groups of this many blocks: by group maxima first
+TOPK_GROUP = 64
 
 
 class Indexer(nn.Module):
@@ -87,7 +89,7 @@ class Indexer(nn.Module):
             for s in range(0, T, step):
                 e = min(s + step, T)
                 # all heads in one matmul (one packing of the keys), then the fp32 weighted sum
-                dots = torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b]).relu_().view(e - s, H, N)
+                dots = _relu_(torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b])).view(e - s, H, N)
                 acc = dots[:, 0] * w[b, s:e, :1]
                 for h in range(1, H):
                     acc.addcmul_(dots[:, h], w[b, s:e, h:h + 1])
@@ -101,6 +103,15 @@ class Indexer(nn.Module):
         return idx, ok
 
 
+def _relu_(t: torch.Tensor) -> torch.Tensor:
+    """In-place ReLU; of 16-bit floats on their bits (sign bit set = negative int16 -> 0 = +0.0):
+    an integer clamp, where a bf16 relu_ converts every element to fp32 and back."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t.view(torch.int16).clamp_min_(0)
+        return t
+    return t.relu_()
+
+
 @torch.no_grad()
 def tie_broken_keys(scores: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """int64 keys ordered like the scores (invisible blocks: -inf), equal scores ordered
@@ -108,18 +119,23 @@ def tie_broken_keys(scores: torch.Tensor, visible: torch.Tensor) -> torch.Tensor
 
     Ties are common (ReLU makes many scores exactly 0; bf16 rounds others together) and
     topk's own tie-break could depend on N, i.e. on how many tokens follow in the same
-    forward: a cached decoder would then read other blocks than a full recompute. Key =
-    (order-preserving int32 image of the fp32 score) * 2^32 + (N-1-index), so a topk on the
-    keys is a stable descending sort's first k. In place where possible: big int64
-    temporaries cost more than the arithmetic."""
+    forward: a cached decoder would then read other blocks than a full recompute. A topk on
+    the keys is a stable descending sort's first k."""
+    n = scores.shape[-1]
     f = scores.detach().float().masked_fill(~visible, float("-inf"))
+    return _order_keys(f, torch.arange(n, device=scores.device), n)
+
+
+def _order_keys(f: torch.Tensor, pos: torch.Tensor, top: int) -> torch.Tensor:
+    """Keys of fp32 values f (overwritten) at positions pos (0 <= pos < top, broadcast to f):
+    (order-preserving int32 image of the value) * 2^32 + (top-1-pos). In place where possible:
+    big int64 temporaries cost more than the arithmetic."""
     f.add_(0.0)  # -0.0 -> +0.0, so that both zeros tie
     bits = f.view(torch.int32)
     bits ^= (bits >> 31) & 0x7FFFFFFF  # negative floats: flip the magnitude bits -> monotone ints
     keys = bits.to(torch.int64)
     keys <<= 32
-    n = scores.shape[-1]
-    return keys.bitwise_or_(torch.arange(n - 1, -1, -1, device=scores.device))
+    return keys.bitwise_or_(top - 1 - pos)
 
 
 def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,27 +148,54 @@ def topk_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[t
 
 
 def topk_earliest(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, indices) of the k largest of s [..., N] (fp32, -inf = not a candidate), equal
-    values ordered earliest first (see `tie_broken_keys`). A plain topk first; only the rows
-    where the k-th value is tied with one left out are redone on the tie-broken int64 keys,
-    which cost ~10x a float topk."""
-    if s.shape[-1] <= k:
+    """(values, indices) of the k largest of s [..., N] (fp32, -inf = not a candidate), in the
+    order of `tie_broken_keys`: value descending, equal values earliest first.
+
+    Long rows go by groups (`_topk_grouped`); short ones by a plain top-(k+1), and only the
+    rows whose k-th value ties with one left out are redone, on float keys that rank the tied
+    value's earliest cells right after the larger values (keys over the whole row cost ~10x)."""
+    s, n = s.float(), s.shape[-1]  # (a no-op for fp32: the keys need fp32 bits)
+    if n >= 4 * k * TOPK_GROUP:
+        return _topk_grouped(s, k)
+    if n <= k:
         vals, idx = s.topk(k, dim=-1)
-        amb = torch.zeros_like(vals[..., 0], dtype=torch.bool)
     else:  # one more than asked: a k-th value tied with the (k+1)-th one is a tie left out
         vals, idx = s.topk(k + 1, dim=-1)
-        amb = (vals[..., k - 1] == vals[..., k]) & (vals[..., k - 1] > float("-inf"))
+        amb = vals[..., k - 1] == vals[..., k]  # -inf ties too: the picks are then the earliest
         vals, idx = vals[..., :k], idx[..., :k]
-    if amb.any():
-        rows = s[amb]
-        fix = tie_broken_keys(rows, rows > float("-inf")).topk(k, dim=-1).indices
-        idx[amb] = fix
-        vals[amb] = rows.gather(-1, fix)
+        if amb.any():
+            rows, tied = s[amb], vals[amb][:, k - 1:k]
+            # all keys distinct and exact in fp32 (n < 2^22 here)
+            rev = torch.arange(n - 1, -1, -1, dtype=s.dtype, device=s.device)
+            keys = torch.where(rows > tied, rev + n, torch.where(rows == tied, rev, -1.0))
+            fix = keys.topk(k, dim=-1).indices
+            idx[amb] = fix
+            vals[amb] = rows.gather(-1, fix)
     # the order of the tie-broken keys (value descending, ties earliest first), so that sums
     # over the picks run in one order whichever way they were found
     idx, perm = idx.sort(dim=-1)
     vals, order = vals.gather(-1, perm).sort(dim=-1, descending=True, stable=True)
     return vals, idx.gather(-1, order)
+
+
+def _topk_grouped(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`topk_earliest` of long rows with one pass over them (a float topk costs ~8 max passes
+    and degrades on the many tied zeros): the maxima of groups of TOPK_GROUP cells, the k best
+    groups by (maximum, earliest group), then the k best cells by (value, earliest) among those
+    groups' cells. Every cell of the row's top k is in such a group: a group ranked below k
+    others holds no cell ranking above those groups' maxima."""
+    n, g = s.shape[-1], TOPK_GROUP
+    full = n // g * g
+    gmax = s[..., :full].unflatten(-1, (n // g, g)).amax(-1)
+    if full < n:
+        gmax = torch.cat([gmax, s[..., full:].amax(-1, keepdim=True)], dim=-1)
+    best = _order_keys(gmax, torch.arange(gmax.shape[-1], device=s.device), gmax.shape[-1]).topk(k, dim=-1)
+    cand = (best.indices.unsqueeze(-1) * g + torch.arange(g, device=s.device)).flatten(-2)
+    vals = s.gather(-1, cand.clamp_max(n - 1))
+    if full < n:  # the short last group's missing cells: last of all (k groups hold >= k cells)
+        vals.masked_fill_(cand >= n, float("-inf"))
+    at = _order_keys(vals.clone(), cand, full + g).topk(k, dim=-1).indices
+    return vals.gather(-1, at), cand.gather(-1, at)
 
 
 def topk_select(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.Tensor:
