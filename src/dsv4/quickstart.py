@@ -24,10 +24,27 @@ from pathlib import Path
 
 from rich.console import Console
 
-# Shares of the budget (after the data stage) per training stage; the rest is the reserve
-# for evaluation and the report.
-BUDGET_SHARES = {"pretrain": 0.42, "sft": 0.12, "rl": 0.18, "distill": 0.09, "scratch": 0.09}
+from dsv4.tasks.generate import STARTER_FAMILIES
+
+# Shares of the budget (after the data stage) per training stage; the rest is the reserve for
+# the scratch baseline (sized by the distillation's step count, not by time: see below),
+# evaluation and the report. Post-training gets about half: a ~20M model pretrained for
+# minutes knows little Python either way, while SFT on the starter families (chat format,
+# templates, copying the constant) and RL (sharpening what SFT can nearly do) are what move
+# the held-out pass rate.
+BUDGET_SHARES = {"pretrain": 0.32, "sft": 0.26, "rl": 0.24, "distill": 0.08}
 STAGES = ("data", "pretrain", "sft", "rl", "distill", "scratch", "eval", "report")
+# GRPO as the quickstart runs it: 64 new tokens hold every starter answer; partial credit
+# (the fraction of hidden tests passed) gives a group reward variance even when no sample
+# passes them all; the lr is SFT's final one, since Muon/Adam steps have a fixed size
+# however weak the gradient, and larger ones undo SFT within a few noisy RL steps.
+# The lite students (distilled and scratch alike) train for a few dozen steps: a short warmup.
+STUDENT_WARMUP = 5
+# On-policy distillation fine-tunes the off-policy student on its own chat samples: small
+# steps, so that it does not unlearn the corpus the comparison is measured on.
+ONPOLICY_LR = {"lr": 1e-4, "muon_lr": 5e-4}
+RL_DEFAULTS = {"group_size": 8, "tasks_per_step": 4, "max_new_tokens": 64, "partial_credit": True,
+               "lr": 2e-4, "muon_lr": 1e-3}
 
 
 @dataclass
@@ -53,11 +70,15 @@ class QuickstartConfig:
     sft_tasks: int = 3000
     sft_batch_size: int = 8
     difficulty: tuple = (1, 2)
-    rl: dict = field(default_factory=lambda: {"group_size": 8, "tasks_per_step": 4, "max_new_tokens": 96})
+    # SFT, RL and the held-out eval draw from these families (None: all 56); see STARTER_FAMILIES
+    families: tuple | None = STARTER_FAMILIES
+    think: bool = False  # <think> traces: off, so answers (and RL samples) stay short
+    sft_lr: float = 3e-3
+    rl: dict = field(default_factory=lambda: dict(RL_DEFAULTS))
     # evaluation sizes
     heldout_n: int = 100
     humaneval_limit: int = 40
-    eval_new_tokens: int = 96
+    eval_new_tokens: int = 64
     speed_tokens: int = 64
 
 
@@ -153,10 +174,12 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     rule(3, f"sft on generated tasks ({mins['sft']:.1f} min)")
     d = out / "sft"
     if not (s := _done(d)):
-        tasks = sft_tasks(n=cfg.sft_tasks, seed=cfg.seed, difficulty=tuple(cfg.difficulty))
+        # unique=False: every family keeps its share, however few instances it has
+        tasks = sft_tasks(n=cfg.sft_tasks, seed=cfg.seed, difficulty=tuple(cfg.difficulty),
+                          families=_families(cfg), unique=False)
         tc = base(d, cfg.preset, overrides, time_budget_min=mins["sft"], batch_size=cfg.sft_batch_size,
-                  seq_len=cfg.max_seq_len, lr=3e-3, muon_lr=0.01, warmup_steps=10)
-        s = _finish(d, sft(tc, out / "pretrain", tasks=tasks, data=data))
+                  seq_len=cfg.max_seq_len, lr=cfg.sft_lr, muon_lr=cfg.sft_lr * 10 / 3, warmup_steps=10)
+        s = _finish(d, sft(tc, out / "pretrain", tasks=tasks, data=data, think=cfg.think))
     stages["sft"] = s
 
     # ---- 4. rl ------------------------------------------------------------------------------
@@ -167,7 +190,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     if not (s := _done(d)):
         rc = RLConfig(out_dir=str(d), init=str(out / "sft"), time_budget_min=mins["rl"], seed=cfg.seed,
                       threads=cfg.threads, progress=cfg.progress, resume=_resume(d),
-                      difficulty_min=cfg.difficulty[0], difficulty_max=cfg.difficulty[1], **cfg.rl)
+                      difficulty_min=cfg.difficulty[0], difficulty_max=cfg.difficulty[1],
+                      families=_families(cfg), think=cfg.think, **cfg.rl)
         s = _finish(d, rl(rc))
     stages["rl"] = s
 
@@ -177,21 +201,28 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     rule(5, f"distill {cfg.preset} -> {cfg.student_preset} ({mins['distill']:.1f} min)")
     d = out / "distill"
     if not (s := _done(d)):
-        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["distill"])
+        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["distill"],
+                  warmup_steps=STUDENT_WARMUP)
         dc = DistillConfig(teacher=str(out / "rl"), out_dir=str(d), mode="both", train=tc,
-                           student_preset=cfg.student_preset, onpolicy_frac=0.25,
-                           onpolicy={**cfg.rl, "difficulty_min": cfg.difficulty[0],
-                                     "difficulty_max": cfg.difficulty[1]})
+                           student_preset=cfg.student_preset, onpolicy_frac=0.15,
+                           onpolicy={**cfg.rl, **ONPOLICY_LR, "difficulty_min": cfg.difficulty[0],
+                                     "difficulty_max": cfg.difficulty[1], "families": _families(cfg),
+                                     "think": cfg.think})
         s = distill(dc)
         # the student's val loss after both parts (on-policy moves it): the same measure as scratch
         s["val"] = _val(s["checkpoint"], data, tc)
         s = _finish(d, s)
     stages["distill"] = s
 
-    rule(6, f"scratch {cfg.student_preset}: the same compute, no teacher ({mins['scratch']:.1f} min)")
+    # The baseline gets the student's compute: as many optimizer steps of the same batch as
+    # the distillation took (off-policy + on-policy), on the corpus; not the same minutes,
+    # which would buy it more steps, since it runs no teacher.
+    steps = sum((stages["distill"].get(k) or {}).get("step", 0) for k in ("offpolicy", "onpolicy"))
+    rule(6, f"scratch {cfg.student_preset}: the same compute, no teacher ({steps} steps)")
     d = out / "scratch"
     if not (s := _done(d)):
-        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["scratch"])
+        tc = base(d, cfg.student_preset, student_overrides, max_steps=max(1, steps),
+                  warmup_steps=STUDENT_WARMUP)
         s = pretrain(tc, data=data)
         s["val"] = _val(s["checkpoint"], data, tc)
         s = _finish(d, s)
@@ -225,6 +256,10 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     return result
 
 
+def _families(cfg: QuickstartConfig) -> list | None:
+    return list(cfg.families) if cfg.families else None
+
+
 def _val(ckpt, data, tc) -> dict:
     """Validation loss / bpb of a checkpoint on the corpus (pretraining's evaluator)."""
     import torch
@@ -245,7 +280,8 @@ def _evaluate(cfg: QuickstartConfig, out: Path, console) -> dict:
     for stage in ("sft", "rl"):
         ev["heldout"][stage] = heldout_pass_at_1(
             out / stage, n=cfg.heldout_n, max_new_tokens=cfg.eval_new_tokens,
-            difficulty=tuple(cfg.difficulty), out=str(out / "eval" / stage))
+            difficulty=tuple(cfg.difficulty), out=str(out / "eval" / stage), think=cfg.think,
+            families=_families(cfg))
         console.log(f"held-out pass@1 {stage}: {100 * ev['heldout'][stage]['pass@1']:.1f}% "
                     f"({ev['heldout'][stage]['n']} tasks)")
     if cfg.humaneval_limit:

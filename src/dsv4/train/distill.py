@@ -16,6 +16,7 @@ same compute (the quickstart does both).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +108,12 @@ def distill(cfg: DistillConfig) -> dict:
             result["offpolicy"] = pretrain(tcfg, data=data,
                                            loss_fn=kd_loss_fn(teacher, cfg.kd_coef, cfg.temperature))
             if cfg.mode == "both":
-                (off_dir / "summary.done").write_text("ok\n")
+                (off_dir / "summary.done").write_text(json.dumps(result["offpolicy"], default=str) + "\n")
+        else:  # a resumed `both` run: the finished part's summary (its step count sizes the baseline)
+            try:
+                result["offpolicy"] = json.loads((off_dir / "summary.done").read_text())
+            except ValueError:  # written by an older version: no summary kept
+                pass
         student = off_dir
         del teacher
     if cfg.mode in ("onpolicy", "both"):
