@@ -6,13 +6,18 @@ and an interrupted training stage resumes from its last checkpoint):
   2. pretrain  the preset (flagship) on it             (dsv4.train.pretrain)
   3. sft       chat SFT on generated tasks             (dsv4.train.sft)
   4. rl        GRPO with sandboxed unit-test rewards   (dsv4.train.rl)
-  5. distill   the RL model into a fresh lite model: logit KD, then on-policy
+  5. distill   the flagship into a fresh lite model: logit KD on the corpus from the
+               pretrained flagship (chat SFT forgets the corpus), then on-policy from the RL one
   6. scratch   a lite model pretrained on the same compute (the distillation baseline)
   7. eval      held-out task pass@1 (SFT vs RL), HumanEval, val bits-per-byte, decode speed
   8. report    DIR/report.md with PNG plots           (dsv4.report)
 The budget is split across the training stages by fixed shares (BUDGET_SHARES) at the
-first run and kept in DIR/quickstart.json; the evaluation is sized by counts (tasks,
-tokens), its time taken from the reserve.
+first run and kept in DIR/quickstart.json; the scratch baseline is sized by the
+distillation's step count and the evaluation by counts (tasks, tokens), their time taken
+from the reserve. SFT, RL and the held-out evaluation use the starter task families
+(dsv4.tasks.STARTER_FAMILIES: one-line templates around a constant from the docstring),
+the problems a model trained for minutes can learn to solve; the held-out instances are a
+disjoint part of the same families (dsv4.tasks.generate).
 """
 
 from __future__ import annotations
@@ -203,7 +208,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     if not (s := _done(d)):
         tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["distill"],
                   warmup_steps=STUDENT_WARMUP)
-        dc = DistillConfig(teacher=str(out / "rl"), out_dir=str(d), mode="both", train=tc,
+        dc = DistillConfig(teacher=str(out / "rl"), offpolicy_teacher=str(out / "pretrain"), out_dir=str(d),
+                           mode="both", train=tc,
                            student_preset=cfg.student_preset, onpolicy_frac=0.15,
                            onpolicy={**cfg.rl, **ONPOLICY_LR, "difficulty_min": cfg.difficulty[0],
                                      "difficulty_max": cfg.difficulty[1], "families": _families(cfg),
