@@ -20,6 +20,12 @@ import platform
 from pathlib import Path
 
 
+def _plan(run: str) -> dict | None:
+    """The minutes the quickstart gave each training stage (DIR/quickstart.json)."""
+    p = Path(run) / "quickstart.json"
+    return json.loads(p.read_text()).get("stage_min") if p.exists() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True, help="a finished quickstart directory")
@@ -39,7 +45,11 @@ def main() -> None:
         "humaneval_pass@1_rl": h.get("humaneval_pass@1_rl"),
         "flagship_val_bpb": h.get("flagship_val_bpb"),
         "heldout_n": st["eval"]["heldout"]["rl"]["n"],
+        # {family: [passed, n]} per model: which families the held-out set holds, where passes come from
+        "heldout_by_family": {m: st["eval"]["heldout"][m].get("by_family") for m in ("sft", "rl")},
         "steps": {k: st[k].get("step") for k in ("pretrain", "sft", "rl", "scratch")},
+        "distill_steps": {k: (st["distill"].get(k) or {}).get("step") for k in ("offpolicy", "onpolicy")},
+        "stage_min": _plan(args.run),
         "decode_tok_s": st["eval"]["decode_tok_s"],
         "elapsed_min_last_session": summary["elapsed_s"] / 60,
         "budget_min": summary["budget_min"],

@@ -164,3 +164,29 @@ def test_sft_target_is_what_rl_samples_after_its_prompt_and_earns_full_reward():
     assert [r.status for r in res] == ["passed"] * 3 and all(r.reward == pytest.approx(1.1) for r in res)
     wrong = score_batch(tasks[:1], [comps[1]], RewardConfig(style="chat", think=True), workers=1)[0]
     assert not wrong.passed and wrong.reward == pytest.approx(0.1)  # format only
+
+
+def test_starter_family_task_sets_keep_to_their_families_and_split():
+    """The quickstart's task sources: balanced SFT tasks (repeats allowed, every family keeps a
+    share however small its space), the RL stream and the held-out draw all stay inside the
+    starter families, and no held-out instance is ever a training one."""
+    from collections import Counter
+
+    from dsv4.data.tokenizer import Tokenizer
+    from dsv4.tasks import STARTER_FAMILIES, generate_tasks
+    from dsv4.train.rl import TaskStream
+    from dsv4.train.sft import sft_tasks
+
+    fams = list(STARTER_FAMILIES)
+    balanced = Counter(t.family for t in sft_tasks(n=600, seed=1, families=fams, unique=False))
+    assert set(balanced) == set(fams) and min(balanced.values()) > 600 / len(fams) / 2
+    unique = Counter(t.family for t in sft_tasks(n=600, seed=1, families=fams))
+    assert max(unique.values()) > 600 / 2  # without repeats the largest space takes over
+    tok = Tokenizer.train([t.program for t in generate_tasks("train", 40)], 400)
+    stream = TaskStream(tok, RLConfig(init="x", max_steps=1, families=fams, difficulty_max=2), 10_000)
+    drawn = [stream.next()[0] for _ in range(30)]
+    assert {t.family for t in drawn} <= set(fams) and all(t.split == "train" for t in drawn)
+    held = generate_tasks("heldout", 60, seed=0, families=fams)
+    train_keys = {(t.family, json.dumps(t.params, sort_keys=True)) for t in sft_tasks(n=3000, families=fams)}
+    assert {t.family for t in held} <= set(fams)
+    assert not train_keys & {(t.family, json.dumps(t.params, sort_keys=True)) for t in held}

@@ -40,6 +40,14 @@ def test_quickstart_tiny_end_to_end_and_rerun_skips_finished_stages(tmp_path):
         assert h[k] is not None
     assert 0.0 <= h["heldout_pass@1_rl"] <= 1.0 and h["scratch_val_loss"] > 0
     assert first["stages"]["eval"]["humaneval"]["tasks"] == 2
+    # post-training stays on the starter families; the held-out summary says which it holds
+    from dsv4.tasks import STARTER_FAMILIES
+
+    by_family = st["eval"]["heldout"]["rl"]["by_family"]
+    assert set(by_family) <= set(STARTER_FAMILIES) and sum(n for _, n in by_family.values()) == 4
+    # the scratch baseline trains exactly as many steps as the distilled student did
+    dist = st["distill"]
+    assert st["scratch"]["step"] == dist["offpolicy"]["step"] + dist["onpolicy"]["step"]
     report = (out / "report.md").read_text()
     assert "![training loss](plots/loss.png)" in report and (out / "plots" / "rl_reward.png").exists()
     text = format_summary(first, cfg.out_dir)

@@ -6,13 +6,18 @@ and an interrupted training stage resumes from its last checkpoint):
   2. pretrain  the preset (flagship) on it             (dsv4.train.pretrain)
   3. sft       chat SFT on generated tasks             (dsv4.train.sft)
   4. rl        GRPO with sandboxed unit-test rewards   (dsv4.train.rl)
-  5. distill   the RL model into a fresh lite model: logit KD, then on-policy
+  5. distill   the flagship into a fresh lite model: logit KD on the corpus from the
+               pretrained flagship (chat SFT forgets the corpus), then on-policy from the RL one
   6. scratch   a lite model pretrained on the same compute (the distillation baseline)
   7. eval      held-out task pass@1 (SFT vs RL), HumanEval, val bits-per-byte, decode speed
   8. report    DIR/report.md with PNG plots           (dsv4.report)
 The budget is split across the training stages by fixed shares (BUDGET_SHARES) at the
-first run and kept in DIR/quickstart.json; the evaluation is sized by counts (tasks,
-tokens), its time taken from the reserve.
+first run and kept in DIR/quickstart.json; the scratch baseline is sized by the
+distillation's step count and the evaluation by counts (tasks, tokens), their time taken
+from the reserve. SFT, RL and the held-out evaluation use the starter task families
+(dsv4.tasks.STARTER_FAMILIES: one-line templates around a constant from the docstring),
+the problems a model trained for minutes can learn to solve; the held-out instances are a
+disjoint part of the same families (dsv4.tasks.generate).
 """
 
 from __future__ import annotations
@@ -24,10 +29,30 @@ from pathlib import Path
 
 from rich.console import Console
 
-# Shares of the budget (after the data stage) per training stage; the rest is the reserve
-# for evaluation and the report.
-BUDGET_SHARES = {"pretrain": 0.42, "sft": 0.12, "rl": 0.18, "distill": 0.09, "scratch": 0.09}
+from dsv4.tasks.generate import STARTER_FAMILIES
+
+# Shares of the budget (after the data stage) per training stage; the rest is the reserve for
+# the scratch baseline (sized by the distillation's step count, not by time: see below),
+# evaluation and the report. Post-training gets about half: a ~20M model pretrained for
+# minutes knows little Python either way, while SFT on the starter families (chat format,
+# templates, copying the constant) and RL (sharpening what SFT can nearly do) are what move
+# the held-out pass rate.
+BUDGET_SHARES = {"pretrain": 0.32, "sft": 0.26, "rl": 0.24, "distill": 0.08}
 STAGES = ("data", "pretrain", "sft", "rl", "distill", "scratch", "eval", "report")
+# The lite students (distilled and scratch alike) train for a few dozen steps: a short warmup.
+STUDENT_WARMUP = 5
+# On-policy distillation fine-tunes the off-policy student on its own chat samples: small
+# steps, so that it does not unlearn the corpus the comparison is measured on.
+ONPOLICY_LR = {"lr": 1e-4, "muon_lr": 5e-4}
+# GRPO as the quickstart runs it: 64 new tokens hold every starter answer; partial credit
+# (the fraction of hidden tests passed) gives a group reward variance even when no sample
+# passes them all; 8 tasks x 8 samples per step, since Muon and Adam take steps of a fixed
+# size however noisy the gradient: on a 20M flagship after SFT, lr 1e-3 / Muon 5e-3 broke
+# the answers' syntax within 9 steps of 4 tasks and 5e-4 / 2.5e-3 within 20, while Adam
+# 5e-4 with Muon at 5e-4 kept them well-formed over 15 steps (no setting tried moved the
+# held-out pass@1 up within 20 steps on a loaded machine).
+RL_DEFAULTS = {"group_size": 8, "tasks_per_step": 8, "max_new_tokens": 64, "partial_credit": True,
+               "lr": 5e-4, "muon_lr": 5e-4}
 
 
 @dataclass
@@ -53,11 +78,15 @@ class QuickstartConfig:
     sft_tasks: int = 3000
     sft_batch_size: int = 8
     difficulty: tuple = (1, 2)
-    rl: dict = field(default_factory=lambda: {"group_size": 8, "tasks_per_step": 4, "max_new_tokens": 96})
+    # SFT, RL and the held-out eval draw from these families (None: all 56); see STARTER_FAMILIES
+    families: tuple | None = STARTER_FAMILIES
+    think: bool = False  # <think> traces: off, so answers (and RL samples) stay short
+    sft_lr: float = 3e-3
+    rl: dict = field(default_factory=lambda: dict(RL_DEFAULTS))
     # evaluation sizes
     heldout_n: int = 100
     humaneval_limit: int = 40
-    eval_new_tokens: int = 96
+    eval_new_tokens: int = 64
     speed_tokens: int = 64
 
 
@@ -153,10 +182,12 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     rule(3, f"sft on generated tasks ({mins['sft']:.1f} min)")
     d = out / "sft"
     if not (s := _done(d)):
-        tasks = sft_tasks(n=cfg.sft_tasks, seed=cfg.seed, difficulty=tuple(cfg.difficulty))
+        # unique=False: every family keeps its share, however few instances it has
+        tasks = sft_tasks(n=cfg.sft_tasks, seed=cfg.seed, difficulty=tuple(cfg.difficulty),
+                          families=_families(cfg), unique=False)
         tc = base(d, cfg.preset, overrides, time_budget_min=mins["sft"], batch_size=cfg.sft_batch_size,
-                  seq_len=cfg.max_seq_len, lr=3e-3, muon_lr=0.01, warmup_steps=10)
-        s = _finish(d, sft(tc, out / "pretrain", tasks=tasks, data=data))
+                  seq_len=cfg.max_seq_len, lr=cfg.sft_lr, muon_lr=cfg.sft_lr * 10 / 3, warmup_steps=10)
+        s = _finish(d, sft(tc, out / "pretrain", tasks=tasks, data=data, think=cfg.think))
     stages["sft"] = s
 
     # ---- 4. rl ------------------------------------------------------------------------------
@@ -167,7 +198,8 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     if not (s := _done(d)):
         rc = RLConfig(out_dir=str(d), init=str(out / "sft"), time_budget_min=mins["rl"], seed=cfg.seed,
                       threads=cfg.threads, progress=cfg.progress, resume=_resume(d),
-                      difficulty_min=cfg.difficulty[0], difficulty_max=cfg.difficulty[1], **cfg.rl)
+                      difficulty_min=cfg.difficulty[0], difficulty_max=cfg.difficulty[1],
+                      families=_families(cfg), think=cfg.think, **cfg.rl)
         s = _finish(d, rl(rc))
     stages["rl"] = s
 
@@ -177,21 +209,29 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     rule(5, f"distill {cfg.preset} -> {cfg.student_preset} ({mins['distill']:.1f} min)")
     d = out / "distill"
     if not (s := _done(d)):
-        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["distill"])
-        dc = DistillConfig(teacher=str(out / "rl"), out_dir=str(d), mode="both", train=tc,
-                           student_preset=cfg.student_preset, onpolicy_frac=0.25,
-                           onpolicy={**cfg.rl, "difficulty_min": cfg.difficulty[0],
-                                     "difficulty_max": cfg.difficulty[1]})
+        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["distill"],
+                  warmup_steps=STUDENT_WARMUP)
+        dc = DistillConfig(teacher=str(out / "rl"), offpolicy_teacher=str(out / "pretrain"), out_dir=str(d),
+                           mode="both", train=tc,
+                           student_preset=cfg.student_preset, onpolicy_frac=0.15,
+                           onpolicy={**cfg.rl, **ONPOLICY_LR, "difficulty_min": cfg.difficulty[0],
+                                     "difficulty_max": cfg.difficulty[1], "families": _families(cfg),
+                                     "think": cfg.think})
         s = distill(dc)
         # the student's val loss after both parts (on-policy moves it): the same measure as scratch
         s["val"] = _val(s["checkpoint"], data, tc)
         s = _finish(d, s)
     stages["distill"] = s
 
-    rule(6, f"scratch {cfg.student_preset}: the same compute, no teacher ({mins['scratch']:.1f} min)")
+    # The baseline gets the student's compute: as many optimizer steps of the same batch as
+    # the distillation took (off-policy + on-policy), on the corpus; not the same minutes,
+    # which would buy it more steps, since it runs no teacher.
+    steps = sum((stages["distill"].get(k) or {}).get("step", 0) for k in ("offpolicy", "onpolicy"))
+    rule(6, f"scratch {cfg.student_preset}: the same compute, no teacher ({steps} steps)")
     d = out / "scratch"
     if not (s := _done(d)):
-        tc = base(d, cfg.student_preset, student_overrides, time_budget_min=mins["scratch"])
+        tc = base(d, cfg.student_preset, student_overrides, max_steps=max(1, steps),
+                  warmup_steps=STUDENT_WARMUP)
         s = pretrain(tc, data=data)
         s["val"] = _val(s["checkpoint"], data, tc)
         s = _finish(d, s)
@@ -225,6 +265,10 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     return result
 
 
+def _families(cfg: QuickstartConfig) -> list | None:
+    return list(cfg.families) if cfg.families else None
+
+
 def _val(ckpt, data, tc) -> dict:
     """Validation loss / bpb of a checkpoint on the corpus (pretraining's evaluator)."""
     import torch
@@ -245,7 +289,8 @@ def _evaluate(cfg: QuickstartConfig, out: Path, console) -> dict:
     for stage in ("sft", "rl"):
         ev["heldout"][stage] = heldout_pass_at_1(
             out / stage, n=cfg.heldout_n, max_new_tokens=cfg.eval_new_tokens,
-            difficulty=tuple(cfg.difficulty), out=str(out / "eval" / stage))
+            difficulty=tuple(cfg.difficulty), out=str(out / "eval" / stage), think=cfg.think,
+            families=_families(cfg))
         console.log(f"held-out pass@1 {stage}: {100 * ev['heldout'][stage]['pass@1']:.1f}% "
                     f"({ev['heldout'][stage]['n']} tasks)")
     if cfg.humaneval_limit:

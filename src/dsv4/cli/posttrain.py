@@ -73,6 +73,8 @@ def register_stages(tsub) -> None:
                         description="Off-policy logit KD on the corpus (forward KL) and/or on-policy "
                         "distillation (student samples, per-token reverse KL to the teacher).")
     d.add_argument("--teacher", required=True, metavar="CKPT")
+    d.add_argument("--offpolicy-teacher", default="", metavar="CKPT",
+                   help="teacher of the corpus KD (default --teacher), e.g. the pretrained model")
     d.add_argument("--student-preset", default="lite")
     d.add_argument("--mode", choices=["offpolicy", "onpolicy", "both"], default="both")
     d.add_argument("--init", metavar="CKPT", help="student to start from (--mode onpolicy)")
@@ -142,7 +144,8 @@ def _distill(args) -> int:
     from dsv4.train.distill import DistillConfig, distill
 
     t = _tcfg(args, data_dir=args.data or "")
-    cfg = DistillConfig(teacher=args.teacher, out_dir=args.out, mode=args.mode,
+    cfg = DistillConfig(teacher=args.teacher, offpolicy_teacher=args.offpolicy_teacher, out_dir=args.out,
+                        mode=args.mode,
                         student_preset=args.student_preset, kd_coef=args.kd_coef,
                         temperature=args.kd_temperature, train=t,
                         onpolicy={"init": args.init} if args.init else {})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 def heldout_pass_at_1(ckpt, n: int = 100, think: bool = True, max_new_tokens: int = 160, seed: int = 0,
                       difficulty: tuple[int, int] | None = None, batch: int = 32, out: str | None = None,
-                      workers: int | None = None) -> dict:
+                      workers: int | None = None, families: list | None = None) -> dict:
     from dsv4.data import specials as S
     from dsv4.infer.load import load_engine
     from dsv4.infer.sampling import SamplingParams
@@ -29,7 +29,7 @@ def heldout_pass_at_1(ckpt, n: int = 100, think: bool = True, max_new_tokens: in
     tok = engine.tokenizer
     room = engine.max_len - max_new_tokens
     tasks, prompts = [], []
-    for t in iter_tasks("heldout", seed=seed, difficulty=difficulty):
+    for t in iter_tasks("heldout", seed=seed, difficulty=difficulty, families=families):
         ids = prompt_ids(tok, t, think)
         if len(ids) < room:  # the same filter as training: the answer must fit
             tasks.append(t)
@@ -45,6 +45,7 @@ def heldout_pass_at_1(ckpt, n: int = 100, think: bool = True, max_new_tokens: in
     passed = [r.passed for r in res]
     summary = {"pass@1": sum(passed) / max(1, len(passed)), "n": len(passed),
                "format_rate": sum(r.format_ok for r in res) / max(1, len(res)),
+               "by_family": _by_family(tasks, passed),
                "status_counts": {s: sum(r.status == s for r in res) for s in sorted({r.status for r in res})},
                "ckpt": str(ckpt)}
     if out:
@@ -56,3 +57,12 @@ def heldout_pass_at_1(ckpt, n: int = 100, think: bool = True, max_new_tokens: in
                                     "status": r.status}) + "\n")
         (p / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _by_family(tasks: list, passed: list) -> dict:
+    """{family: [passed, n]}: the held-out mix and where the passes come from."""
+    out: dict = {}
+    for t, p in zip(tasks, passed, strict=True):
+        n_pass, n = out.get(t.family, (0, 0))
+        out[t.family] = (n_pass + int(p), n + 1)
+    return {k: list(v) for k, v in sorted(out.items())}

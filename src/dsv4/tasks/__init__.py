@@ -9,13 +9,14 @@ Rewards (`dsv4.tasks.reward`) run completions against the hidden tests in the sa
 tests assert that no prompt shares a 13-gram with it. No torch here.
 """
 
-from dsv4.tasks.generate import SPLITS, generate_tasks, iter_tasks, split_of
+from dsv4.tasks.generate import SPLITS, STARTER_FAMILIES, generate_tasks, iter_tasks, split_of
 from dsv4.tasks.registry import FAMILIES
 from dsv4.tasks.task import Task, TestCase, load_tasks, save_tasks
 
 __all__ = [
     "FAMILIES",
     "SPLITS",
+    "STARTER_FAMILIES",
     "Task",
     "TestCase",
     "generate_tasks",

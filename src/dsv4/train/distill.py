@@ -2,10 +2,11 @@
 
     distill(DistillConfig(teacher="runs/rl", out_dir="runs/distill", mode="both", ...))
 
-- offpolicy: logit KD on the pretraining corpus. The student is a fresh `lite` model on the
-  teacher's tokenizer, trained by the pretraining loop (`pretrain(..., loss_fn=...)`) on
-  its own next-token + MTP loss plus `kd_coef` x forward KL(teacher || student) at
-  temperature T (distill_loss.forward_kl; the teacher runs frozen in the same bf16 forward).
+- offpolicy: logit KD on the pretraining corpus (from `offpolicy_teacher` if given). The
+  student is a fresh `lite` model on the teacher's tokenizer, trained by the pretraining
+  loop (`pretrain(..., loss_fn=...)`) on its own next-token + MTP loss plus `kd_coef` x
+  forward KL(teacher || student) at temperature T (distill_loss.forward_kl; the teacher
+  runs frozen in the same bf16 forward).
 - onpolicy: the student samples chat answers to train-split tasks and the teacher scores
   its tokens; the per-token reverse KL is the (negative) advantage (the RL loop of rl.py,
   objective "distill"). Starts from the off-policy student in `both` mode.
@@ -16,6 +17,7 @@ same compute (the quickstart does both).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,10 @@ MODES = ("offpolicy", "onpolicy", "both")
 class DistillConfig:
     teacher: str
     out_dir: str = "runs/distill"
+    # The off-policy (corpus) teacher, default `teacher`. Chat SFT makes a flagship forget the
+    # raw corpus (its val loss can end above the uniform ln V), so the quickstart distils the
+    # corpus from the pretrained flagship and the chat behaviour (on-policy) from the RL one.
+    offpolicy_teacher: str = ""
     mode: str = "offpolicy"
     student_preset: str = "lite"
     kd_coef: float = 1.0
@@ -97,7 +103,10 @@ def distill(cfg: DistillConfig) -> dict:
     if cfg.mode in ("offpolicy", "both"):
         need = "off-policy distillation needs the corpus: pass --data (the teacher's data dir)"
         src, data = open_corpus(t.data_dir, data_dir, tok.fingerprint, need)
-        teacher = load_model(teacher_path).eval().requires_grad_(False)
+        off_teacher = resolve_checkpoint(cfg.offpolicy_teacher) if cfg.offpolicy_teacher else teacher_path
+        if cfg.offpolicy_teacher and open_init(off_teacher)[1].fingerprint != tok.fingerprint:
+            raise UserError("the off-policy teacher and the teacher must share a tokenizer")
+        teacher = load_model(off_teacher).eval().requires_grad_(False)
         off_dir = out / "offpolicy" if cfg.mode == "both" else out
         done = cfg.mode == "both" and (off_dir / "summary.done").exists()
         tcfg = dataclasses.replace(t, preset=cfg.student_preset, out_dir=str(off_dir), data_dir=str(src),
@@ -107,7 +116,12 @@ def distill(cfg: DistillConfig) -> dict:
             result["offpolicy"] = pretrain(tcfg, data=data,
                                            loss_fn=kd_loss_fn(teacher, cfg.kd_coef, cfg.temperature))
             if cfg.mode == "both":
-                (off_dir / "summary.done").write_text("ok\n")
+                (off_dir / "summary.done").write_text(json.dumps(result["offpolicy"], default=str) + "\n")
+        else:  # a resumed `both` run: the finished part's summary (its step count sizes the baseline)
+            try:
+                result["offpolicy"] = json.loads((off_dir / "summary.done").read_text())
+            except ValueError:  # written by an older version: no summary kept
+                pass
         student = off_dir
         del teacher
     if cfg.mode in ("onpolicy", "both"):

@@ -48,6 +48,7 @@ class RLConfig(TrainConfig):
     partial_credit: bool = False
     difficulty_min: int = 1
     difficulty_max: int = 4
+    families: list | None = None  # restrict the task generator to these families (None: all)
     eps_low: float = 0.2
     eps_high: float = 0.28
     kl_coef: float = 0.0
@@ -96,7 +97,8 @@ class TaskStream:
         from dsv4.tasks import iter_tasks
 
         self.tok, self.cfg, self.max_len = tok, cfg, max_len
-        self._it = iter_tasks("train", seed=cfg.seed + 1, difficulty=(cfg.difficulty_min, cfg.difficulty_max))
+        self._it = iter_tasks("train", seed=cfg.seed + 1, difficulty=(cfg.difficulty_min, cfg.difficulty_max),
+                              families=list(cfg.families) if cfg.families else None)
         self.consumed = 0
         for _ in range(consumed):
             self.next()
