@@ -95,6 +95,18 @@ def _sinkhorn_small(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     return m
 
 
+def _sinkhorn_loop(m: torch.Tensor, iters: int, eps: float, row_axis: int, col_axis: int) -> torch.Tensor:
+    """DeepSeek's variant in plain ops on logits m whose rows run along `row_axis` (the axis
+    summed for a row normalisation) and columns along `col_axis`; in place on the softmax
+    output. Used no-grad for many tokens and inside torch.compile (which fuses the loop)."""
+    m = torch.softmax(m, dim=row_axis).add_(eps)
+    m.div_(m.sum(dim=col_axis, keepdim=True).add_(eps))
+    for _ in range(iters - 1):
+        m.div_(m.sum(dim=row_axis, keepdim=True).add_(eps))
+        m.div_(m.sum(dim=col_axis, keepdim=True).add_(eps))
+    return m
+
+
 def _sinkhorn_host(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     """No-grad Sinkhorn of ONE [n, n] matrix (single-stream decode) in Python floats.
 
@@ -136,11 +148,7 @@ def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.
         elif m.shape[0] <= _SMALL_BATCH:
             return _sinkhorn_small(m, iters, eps).reshape(shape)
         else:
-            m = torch.softmax(m.permute(1, 2, 0), dim=1).add_(eps)
-            m.div_(m.sum(dim=0, keepdim=True).add_(eps))
-            for _ in range(iters - 1):
-                m.div_(m.sum(dim=1, keepdim=True).add_(eps))
-                m.div_(m.sum(dim=0, keepdim=True).add_(eps))
+            m = _sinkhorn_loop(m.permute(1, 2, 0), iters, eps, row_axis=1, col_axis=0)
     return m.permute(2, 0, 1).reshape(shape)
 
 
@@ -269,10 +277,14 @@ def _stream_pre(x, phi, alpha, bias, n: int, eps: float, norm_eps: float):
     return _stream_sum(x, pre), post, res
 
 
+def _head_weights(mixes, alpha, bias, eps: float):
+    """HyperHead's collapse weights from its raw mixes [..., n]: sigmoid(alpha m + b) + eps."""
+    return torch.sigmoid(mixes * alpha.float() + bias.float()) + eps
+
+
 def _stream_head(x, phi, alpha, bias, eps: float, norm_eps: float):
     """Plain-op form of HyperHead.forward (sigmoid-weighted collapse), for torch.compile."""
-    w = torch.sigmoid(_stream_mixes(x, phi, norm_eps) * alpha.float() + bias.float()) + eps
-    return _stream_sum(x, w)
+    return _stream_sum(x, _head_weights(_stream_mixes(x, phi, norm_eps), alpha, bias, eps))
 
 
 def _stream_post(x, comb, post, y):
@@ -309,17 +321,13 @@ def _nograd_premix(xs, phi, alpha, bias, n: int, eps: float, norm_eps: float, it
                    unconstrained: bool, loop_sinkhorn: bool = False):
     """(h = H_pre x [N, 1, d] fp32, post [N, n], comb [N, n, n]) for streams xs [N, n, d] (the
     stream dtype), without autograd: the maths of _RMSMix, _gates, Sinkhorn and _PreMix in
-    plain ops. `loop_sinkhorn`: Sinkhorn as a plain loop of sums and divisions (for
-    torch.compile, which fuses the 2 * iters normalisations into one loop); else `sinkhorn`."""
+    plain ops. `loop_sinkhorn`: Sinkhorn as `_sinkhorn_loop` (for torch.compile, which
+    fuses the 2 * iters normalisations into one loop); else `sinkhorn`."""
     pre, post, res = _gates(_stream_mixes(xs, phi, norm_eps), alpha, bias, n, eps)
     if unconstrained:
         comb = res
-    elif loop_sinkhorn:  # DeepSeek's variant, as in `sinkhorn`
-        comb = torch.softmax(res, dim=-1) + eps
-        comb = comb / (comb.sum(-2, keepdim=True) + eps)
-        for _ in range(iters - 1):
-            comb = comb / (comb.sum(-1, keepdim=True) + eps)
-            comb = comb / (comb.sum(-2, keepdim=True) + eps)
+    elif loop_sinkhorn:
+        comb = _sinkhorn_loop(res, iters, eps, row_axis=-1, col_axis=-2)
     else:
         comb = sinkhorn(res, iters, eps)
     return torch.bmm(pre.unsqueeze(1), xs.float()), post, comb
@@ -485,8 +493,7 @@ class HyperHead(nn.Module):
                 return _COMPILED["head"](x, self.phi, self.alpha, self.bias, self.eps, self.norm_eps)
         if not torch.is_grad_enabled():  # inference: plain ops, one batched product for the sum
             return self._forward_nograd(x)
-        mixes = _rms_mix(x, self.phi, self.norm_eps)
-        w = torch.sigmoid(mixes * self.alpha.float() + self.bias.float()) + self.eps
+        w = _head_weights(_rms_mix(x, self.phi, self.norm_eps), self.alpha, self.bias, self.eps)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = _PreMix.apply(x.reshape(-1, *x.shape[-2:]), w.reshape(-1, self.n))  # sum_j w_j x_j
         return out.reshape(*x.shape[:-2], x.shape[-1]).to(x.dtype)
@@ -495,7 +502,6 @@ class HyperHead(nn.Module):
         n, d = x.shape[-2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
             xs = x.reshape(-1, n, d)
-            w = torch.sigmoid(_stream_mixes(xs, self.phi, self.norm_eps) * self.alpha.float()
-                              + self.bias.float()) + self.eps
+            w = _head_weights(_stream_mixes(xs, self.phi, self.norm_eps), self.alpha, self.bias, self.eps)
             out = torch.bmm(w.unsqueeze(1), xs.float())  # sum_j w_j x_j
         return out.reshape(*x.shape[:-2], d).to(x.dtype)
