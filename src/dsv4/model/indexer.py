@@ -46,15 +46,20 @@ class Indexer(nn.Module):
         self.compressor = Compressor(cfg.dim, self.head_dim, ratio, cfg.norm_eps)
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
+    def _queries(self, x: torch.Tensor, qr: torch.Tensor, freqs: torch.Tensor):
+        """(rotated index queries [B, T, H, d], unscaled head weights [B, T, H]) of x/qr."""
+        B, T, _ = x.shape
+        return apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs), self.weights_proj(x)
+
     def scores(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor,
                freqs: torch.Tensor) -> torch.Tensor:
         """Index scores [B, T, N] (fp32) of queries x/qr [B, T, *] (rotations freqs [T, r/2])
         against compressed index keys [B, N, index_head_dim]."""
         B, T, _ = x.shape
-        q = apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs)
-        w = self.weights_proj(x) * self.weight_scale  # [B, T, H]
+        q, w = self._queries(x, qr, freqs)
+        w = w * self.weight_scale
         dots = torch.matmul(q.reshape(B, T * self.n_heads, self.head_dim), keys.to(q.dtype).transpose(1, 2))
-        dots = dots.relu_().view(B, T, self.n_heads, -1)
+        dots = dots.relu_().view(B, T, self.n_heads, -1)  # (autograd: not the int16 `_relu_`)
         # the head-weighted sum as a matmul: no [B, T, H, N] temporary (DeepSeek also scores in bf16)
         return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
 
@@ -78,8 +83,8 @@ class Indexer(nn.Module):
             idx = torch.arange(N, device=x.device).expand(B, T, N)
             return idx, (ends.unsqueeze(1) <= q_pos.unsqueeze(2)) & (ends.unsqueeze(1) >= 0)
         H = self.n_heads
-        q = apply_rope(self.wq_b(qr).view(B, T, H, self.head_dim), freqs)
-        w = self.weights_proj(x).float() * self.weight_scale  # [B, T, H]
+        q, w = self._queries(x, qr, freqs)
+        w = w.float() * self.weight_scale  # [B, T, H]
         kt = keys.to(q.dtype).transpose(1, 2)  # [B, d, N]
         idx = torch.empty(B, T, k, dtype=torch.long, device=x.device)
         ok = torch.empty(B, T, k, dtype=torch.bool, device=x.device)
