@@ -15,6 +15,11 @@ import uuid
 from dsv4.data import specials as S
 from dsv4.data.chat import parse_assistant
 
+# Every special token starts with its only "<": a token cut at the end of the text is the
+# text after its last "<", and that is one of these (proper) prefixes.
+_CUT_SPECIALS = frozenset(t[:k] for t in S.SPECIAL_TOKENS for k in range(1, len(t)))
+_LONGEST_SPECIAL = max(map(len, S.SPECIAL_TOKENS))
+
 
 def tools_system_text(functions: list[dict], tool_choice=None) -> str:
     """The system-prompt description of the callable tools (OpenAI `tools` -> template)."""
@@ -62,7 +67,8 @@ class ChatText:
         one is ignored), no `<think>` left open, no special token cut at its end."""
         if S.END in seg or S.EOS in seg or seg.rfind(S.THINK) > seg.rfind(S.END_THINK):
             return False
-        return not any(seg.endswith(t[:k]) for t in S.SPECIAL_TOKENS for k in range(1, len(t)))
+        cut = seg.rfind("<", max(0, len(seg) - _LONGEST_SPECIAL))
+        return cut < 0 or seg[cut:] not in _CUT_SPECIALS
 
     def feed(self, piece: str, final: bool = False) -> dict:
         """Add generated text; return the OpenAI delta ({"content"}/{"reasoning_content"}) it releases."""

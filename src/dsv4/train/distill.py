@@ -87,6 +87,7 @@ def _split(cfg: TrainConfig, frac: float) -> tuple[dict, dict]:
 
 def distill(cfg: DistillConfig) -> dict:
     """Run (or, with cfg.train.resume, continue) the distillation; returns stage summaries."""
+    from dsv4.infer.load import load_tokenizer
     from dsv4.model.load import load_model, resolve_checkpoint
     from dsv4.train.checkpoint import latest_checkpoint
     from dsv4.train.pretrain import pretrain
@@ -104,7 +105,7 @@ def distill(cfg: DistillConfig) -> dict:
         need = "off-policy distillation needs the corpus: pass --data (the teacher's data dir)"
         src, data = open_corpus(t.data_dir, data_dir, tok.fingerprint, need)
         off_teacher = resolve_checkpoint(cfg.offpolicy_teacher) if cfg.offpolicy_teacher else teacher_path
-        if cfg.offpolicy_teacher and open_init(off_teacher)[1].fingerprint != tok.fingerprint:
+        if off_teacher != teacher_path and load_tokenizer(off_teacher).fingerprint != tok.fingerprint:
             raise UserError("the off-policy teacher and the teacher must share a tokenizer")
         teacher = load_model(off_teacher).eval().requires_grad_(False)
         off_dir = out / "offpolicy" if cfg.mode == "both" else out
