@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dsv4.infer import plain_decode
 from dsv4.infer.cache import ModelCache
 from dsv4.infer.sampling import SamplingParams, make_generator, sample_token, token_logprobs
 from dsv4.infer.text import TextStream
@@ -91,7 +92,8 @@ class Output:
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 8, prefill_chunk: int = 256,
                  max_len: int | None = None, autocast: bool | str = "prefill",
-                 draft_fn=None, num_draft: int = 0, compile: bool = False):
+                 draft_fn=None, num_draft: int = 0, compile: bool = False, fast_decode: bool = True,
+                 weight_dtype: torch.dtype | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_len = max_len or model.config.max_seq_len
@@ -110,6 +112,12 @@ class Engine:
             from dsv4.model.mhc import set_decode_compile
             set_decode_compile(True)
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
+        # A plain model's one-token steps skip the module tree (plain_decode.py); weight_dtype
+        # (e.g. torch.bfloat16) is the dtype of that path's Linear weights.
+        fast = fast_decode and not draft_fn and plain_decode.supports(model)
+        self.fast = plain_decode.PlainDecoder(model, self.cache, weight_dtype) if fast else None
+        if weight_dtype is not None and self.fast is None:
+            raise ValueError("weight_dtype applies to the plain-model decode path only")
         self.prefetcher = EngramPrefetcher(model)  # issue 8: no layers (and no thread) for memory tables
         self.free_slots = list(range(max_batch - 1, -1, -1))
         self.waiting: deque[Sequence] = deque()
@@ -236,6 +244,13 @@ class Engine:
             self._prefilling = False
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
+        if self.fast is not None and self.fast.ready():
+            ids = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.long)
+            logits = self.fast.decode([s.slot for s in seqs], ids, [s.n_cached for s in seqs])
+            for b, seq in enumerate(seqs):
+                seq.n_cached += 1
+                self._emit(seq, logits[b])
+            return
         ids = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)
         pos = torch.tensor([[s.n_cached] for s in seqs], dtype=torch.long)
         streams = self._forward([s.slot for s in seqs], ids, pos)
