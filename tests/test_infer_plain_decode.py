@@ -4,7 +4,6 @@ tied embeddings, in ragged batches, with bf16 weights, and after the weights cha
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dsv4.infer import plain_decode
 from dsv4.infer.engine import Engine
@@ -28,19 +27,19 @@ def full_logprobs(model, ids):
         return torch.log_softmax(model(torch.tensor([ids])).float(), dim=-1)[0]
 
 
-def test_fused_kernels_are_bit_identical_to_the_model_helpers():
-    """F.rms_norm and the complex-product RoPE the fast path uses give the same bits as
-    RMSNorm / apply_rope (fp32), so the fast path does not drift from the generic one."""
+def test_norm_and_rope_are_bit_identical_to_the_model_helpers():
+    """The fast path's RMSNorm and complex-product RoPE give the same bits as RMSNorm /
+    apply_rope (fp32), so it does not drift from the generic path."""
     torch.manual_seed(0)
     norm = RMSNorm(64)
     with torch.no_grad():
         norm.weight.normal_()
         x = torch.randn(5, 64)
-        assert torch.equal(norm(x), F.rms_norm(x, (64,), norm.weight, norm.eps))
+        dec = plain_decode.PlainDecoder.__new__(plain_decode.PlainDecoder)
+        dec.full_rope, dec.eps = True, norm.eps
+        assert torch.equal(norm(x), dec._norm(x, norm.weight))
     f = rope_table(16, 300, 10000.0)[[3, 77, 250]]  # three rows at different positions
     q = torch.randn(3, 4, 16)
-    dec = plain_decode.PlainDecoder.__new__(plain_decode.PlainDecoder)
-    dec.full_rope = True
     assert torch.equal(dec._rope(q, f), apply_rope(q.unsqueeze(1), f.unsqueeze(1))[:, 0])
 
 

@@ -11,6 +11,10 @@ at different positions (a ragged batch: each row carries its own positions, no p
 and returns what each sequence produced. The server's scheduler calls `step()` in a loop;
 `generate`/`stream` do the same in the caller's thread. The engine is not thread-safe.
 
+A plain model (every V4 switch off) decodes through `plain_decode.PlainDecoder` (same math,
+no module calls; `fast_decode=False` for the generic path, `weight_dtype=torch.bfloat16` for
+bf16 GEMV weights with an fp32 residual stream and cache).
+
 Speculative decoding (SPEC 1.5, 5): with `draft_fn` and `num_draft = k`, each decode step
 feeds [last token, k drafts] in one forward, samples the k+1 verified positions in order
 with the request's generator, keeps the drafts up to the first disagreement plus the
@@ -113,9 +117,11 @@ class Engine:
             set_decode_compile(True)
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
         # A plain model's one-token steps skip the module tree (plain_decode.py); weight_dtype
-        # (e.g. torch.bfloat16) is the dtype of that path's Linear weights.
+        # (e.g. torch.bfloat16) is the dtype of that path's Linear weights, bf16 under
+        # autocast=True (its matmuls are bf16 there too; stream, norms and softmax stay fp32).
         fast = fast_decode and not draft_fn and plain_decode.supports(model)
-        self.fast = plain_decode.PlainDecoder(model, self.cache, weight_dtype) if fast else None
+        wdt = weight_dtype or (torch.bfloat16 if autocast is True else None)
+        self.fast = plain_decode.PlainDecoder(model, self.cache, wdt) if fast else None
         if weight_dtype is not None and self.fast is None:
             raise ValueError("weight_dtype applies to the plain-model decode path only")
         self.prefetcher = EngramPrefetcher(model)  # issue 8: no layers (and no thread) for memory tables

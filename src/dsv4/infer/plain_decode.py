@@ -1,14 +1,16 @@
 """One-token decode of the plain baseline transformer (every V4 switch off), without module calls.
 
-Why: at the baseline's size (dim 256, 6 layers) a decode step is ~40 GEMVs of a few hundred
-microseconds in all, and the generic cached forward (module dispatch, `causal_mask`, RoPE by
-stack/cat, cache bookkeeping per layer, separate q/k/v and gate/up projections) cost as much
-again. This path runs the same math as `Block.forward` under `AttentionCache` for one new token
-per row, as straight tensor code:
+Why: at the baseline's size (dim 256, 6 layers) a decode step is ~25 GEMVs of ~2 ms in all
+(fp32), and the generic cached forward (module dispatch, `causal_mask`, RoPE by stack/cat, cache
+bookkeeping per layer, separate q/k/v and gate/up projections) cost about half as much again.
+This path runs the same math as `Block.forward` under `AttentionCache` for one new token per
+row, as straight tensor code:
 
-  - q/k/v in one fused GEMV (`wq|wk|wv` concatenated once), gate/up in one (`w1|w3`);
-  - RMSNorm through `F.rms_norm` and RoPE as one complex product when it covers the whole head
-    (both bit-identical to `RMSNorm` / `apply_rope` in fp32: tests/test_infer_plain_decode.py);
+  - q/k/v in one fused GEMV (`wq|wk|wv` concatenated once), gate/up in one (`w1|w3`), and the
+    output projections as `addmm` into the residual stream (fp32 weights);
+  - RMSNorm with RMSNorm's own ops (6 small ops; `F.rms_norm` decomposes into ~10 on CPU), RoPE
+    of q and k as one complex product when it covers the whole head (bit-identical to
+    `apply_rope` in fp32: tests/test_infer_plain_decode.py);
   - keys/values written in place into the same `DenseStore` buffers the prefill filled, and
     SDPA over the row's prefix (no mask: every held position <= the query's is visible).
 
@@ -54,6 +56,8 @@ class PlainDecoder:
 
     def _pack(self) -> None:
         def w(*linears):  # one GEMV for several projections of the same input
+            if len(linears) == 1:  # no copy unless the dtype changes
+                return linears[0].weight.detach().to(self.wdt)
             return torch.cat([lin.weight.detach() for lin in linears]).to(self.wdt)
 
         m = self.model
@@ -87,22 +91,32 @@ class PlainDecoder:
         f = self.cache.freqs[pos]  # [B, rope_dim/2]
         x = F.embedding(ids, self.embed)  # [B, dim] fp32 residual stream
         for store, (n1, wqkv, wo, n2, w13, w2, limit) in zip(self.stores, self.layers, strict=True):
-            h = F.rms_norm(x, (self.dim,), n1, self.eps)
+            h = self._norm(x, n1)
             qkv = F.linear(h.to(wdt), wqkv).float()
-            q = self._rope(qkv[:, :H * D].view(B, H, D), f)
-            k = self._rope(qkv[:, H * D:(H + G) * D].view(B, G, D), f)
+            qk = self._rope(qkv[:, :(H + G) * D].view(B, H + G, D), f)  # q and k rotated at once
             v = qkv[:, (H + G) * D:].view(B, G, D)
             outs = []
             for b, (slot, p) in enumerate(zip(slots, positions, strict=True)):
-                store.k[slot, p] = k[b]
+                store.k[slot, p] = qk[b, H:]
                 store.v[slot, p] = v[b]
                 keys = store.k[slot, :p + 1].float().transpose(0, 1).unsqueeze(0)  # [1, G, p+1, D]
                 vals = store.v[slot, :p + 1].float().transpose(0, 1).unsqueeze(0)
-                outs.append(F.scaled_dot_product_attention(q[b].unsqueeze(0).unsqueeze(2), keys, vals,
+                outs.append(F.scaled_dot_product_attention(qk[b:b + 1, :H].unsqueeze(2), keys, vals,
                                                            enable_gqa=G != H))
             o = outs[0] if B == 1 else torch.cat(outs)  # [B, H, 1, D]
-            x = x + F.linear(o.view(B, H * D).to(wdt), wo).float()
-            h = F.rms_norm(x, (self.dim,), n2, self.eps)
+            x = self._residual(x, o.view(B, H * D), wo)
+            h = self._norm(x, n2)
             gate, up = F.linear(h.to(wdt), w13).float().chunk(2, dim=-1)
-            x = x + F.linear(swiglu(gate, up, limit).to(wdt), w2).float()
-        return F.linear(F.rms_norm(x, (self.dim,), self.norm, self.eps).to(wdt), self.head).float()
+            x = self._residual(x, swiglu(gate, up, limit), w2)
+        return F.linear(self._norm(x, self.norm).to(wdt), self.head).float()
+
+    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """`RMSNorm` of the fp32 stream, its ops in its order (the same bits; F.rms_norm is the
+        same too, but ~10 small ops on CPU where this is 6)."""
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).mul_(w)
+
+    def _residual(self, x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x + h W^T: one addmm (the GEMV accumulates into the stream) with fp32 weights."""
+        if w.dtype == x.dtype:
+            return torch.addmm(x, h, w.t())
+        return x + F.linear(h.to(w.dtype), w).float()

@@ -90,16 +90,18 @@ class Indexer(nn.Module):
         ok = torch.empty(B, T, k, dtype=torch.bool, device=x.device)
         held = ends >= 0
         step = max(SCORE_BLOCK // N, 8)
+        starts = torch.arange(0, T, step, device=x.device)
         for b in range(B):
-            for s in range(0, T, step):
+            # blocks complete at a step's first query are visible to all of its queries (one
+            # count per step, made at once: the causal mask touches only the blocks after them)
+            los = (held[b] & (ends[b] <= q_pos[b, starts].unsqueeze(1))).sum(1).tolist()
+            for s, lo in zip(starts.tolist(), los, strict=True):
                 e = min(s + step, T)
                 # all heads in one matmul (one packing of the keys), then the fp32 weighted sum
                 dots = _relu_(torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b])).view(e - s, H, N)
                 acc = dots[:, 0] * w[b, s:e, :1]
                 for h in range(1, H):
                     acc.addcmul_(dots[:, h], w[b, s:e, h:h + 1])
-                # blocks complete at the block's first query are visible to all of its queries
-                lo = int((held[b] & (ends[b] <= q_pos[b, s])).sum())
                 tail = ends[b, lo:]
                 vis = (tail >= 0) & (tail <= q_pos[b, s:e].unsqueeze(1))
                 acc[:, lo:].masked_fill_(~vis, float("-inf"))
