@@ -225,13 +225,21 @@ def vs_transformers(prompt_len: int, new_tokens: int, compile: bool = False) -> 
             "compile": compile, "load_avg_after": os.getloadavg()}
 
 
-def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
-    """Chunked-prefill seconds at each length (one run each: they are long)."""
+def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int, compile: bool = False) -> dict:
+    """Chunked-prefill seconds at each length (one run each: they are long). With `compile`
+    (Engine(compile=True): the CSA index scores through inductor) one untimed 8k prefill first
+    compiles the kernel, so that no length's time includes compiling."""
     model = make(preset, max(lengths) + 8)
     secs, cpu, load = {}, {}, {}
+    if compile:
+        t_warm = time.perf_counter()
+        Engine(model, None, max_batch=1, prefill_chunk=chunk, compile=True).generate(
+            torch.randint(0, model.config.vocab_size, (8192,)).tolist(),
+            SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+        t_warm = time.perf_counter() - t_warm
     for n in lengths:
         prompt = torch.randint(0, model.config.vocab_size, (n,)).tolist()
-        eng = Engine(model, None, max_batch=1, prefill_chunk=chunk)
+        eng = Engine(model, None, max_batch=1, prefill_chunk=chunk, compile=compile)
         t, c = time.perf_counter(), time.process_time()
         eng.generate(prompt, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
         secs[n], cpu[n] = time.perf_counter() - t, time.process_time() - c
@@ -241,7 +249,7 @@ def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
     lo, hi = min(lengths), max(lengths)
     return {"preset": preset, "prefill_chunk": chunk, "seconds": secs, "cpu_seconds": cpu,
             "tokens_ratio": hi / lo, "time_ratio": secs[hi] / secs[lo], "cpu_time_ratio": cpu[hi] / cpu[lo],
-            "load_avg_after": load}
+            "load_avg_after": load, "compile": compile, **({"warmup_s": t_warm} if compile else {})}
 
 
 def main() -> None:
@@ -253,8 +261,8 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="also the 16k -> 64k prefill (minutes)")
     ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     ap.add_argument("--compile", action="store_true",
-                    help="single_stream / vs_transformers with Engine(compile=True) (process-wide: "
-                         "run it apart from the eager numbers); warmup_s includes compiling")
+                    help="single_stream / vs_transformers / long_prefill with Engine(compile=True) "
+                         "(process-wide: run it apart from the eager numbers); warmup_s includes compiling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = 16 if args.quick else 64
@@ -298,7 +306,7 @@ def main() -> None:
     if hf is not None:
         log("vs_transformers", hf)
     if args.long and want("long_prefill"):
-        log("long_prefill", long_prefill("flagship", (16 * 1024, 32 * 1024, 64 * 1024), 2048))
+        log("long_prefill", long_prefill("flagship", (16 * 1024, 32 * 1024, 64 * 1024), 2048, args.compile))
     res["machine"]["load_avg_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

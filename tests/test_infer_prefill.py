@@ -69,8 +69,10 @@ def test_dense_lse_is_softmax_and_logsumexp(monkeypatch):
     torch.testing.assert_close(lse, z.logsumexp(-1, keepdim=True))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("n_blocks,queries_per_step", [(5, 8), (40, 8), (40, 64)])
-def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, queries_per_step, monkeypatch):
+def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, queries_per_step, compiled,
+                                                                    monkeypatch):
     """`Indexer.select` (blocked, no [T, N] scores) picks the set `topk_indices(scores)` picks:
     ties (duplicated keys) to the earliest block, a block only once complete, rows holding
     fewer blocks; with N <= top-k every visible block."""
@@ -90,6 +92,8 @@ def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, qu
     ends = torch.where(ends > start + T, -1, ends)
     freqs = rope_frequencies(cfg, start + T, kind="compress")[start:]
     monkeypatch.setattr(indexer, "SCORE_BLOCK", queries_per_step * n_blocks)
+    if compiled:
+        monkeypatch.setitem(indexer._SCORE, "fn", torch.compile(indexer.head_scores, dynamic=True))
     with torch.no_grad():
         idx, ok = ind.select(x, qr, keys, freqs, q_pos, ends, cfg.index_topk)
         visible = (ends.unsqueeze(1) >= 0) & (ends.unsqueeze(1) <= q_pos.unsqueeze(2))
@@ -100,6 +104,23 @@ def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, qu
 
     assert torch.equal(picked(idx, ok), picked(want_idx, want_ok))
     assert picked(idx, ok).any()
+
+
+def test_compiled_head_scores_give_the_eager_bits():
+    """The opt-in inductor kernel of the index scores (`set_score_compile`) equals the eager
+    function bit for bit, for one query or many and any block count (vectorised loops and
+    their tails), so a compiled and an eager select pick alike."""
+    fn = torch.compile(indexer.head_scores, dynamic=True)
+    torch.manual_seed(0)
+    for r, n in [(1, 1), (1, 37), (16, 1000), (5, 4099), (64, 333), (1, 5000), (3, 17)]:
+        for dtype in (torch.bfloat16, torch.float32):
+            dots = (torch.randn(r, 4, n) * 3).to(dtype)
+            w = torch.randn(r, 4) * 0.1
+            want = indexer.head_scores(dots, w)
+            assert torch.equal(fn(dots, w), want), (r, n, dtype)
+            # and a row's scores do not depend on the other rows or on the blocks after them
+            m = n // 2 + 1
+            assert torch.equal(indexer.head_scores(dots[-1:, :, :m], w[-1:]), want[-1:, :m])
 
 
 @pytest.mark.parametrize("group", [1, 3, 8])
