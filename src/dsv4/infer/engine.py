@@ -113,12 +113,10 @@ class Engine:
             raise ValueError(f"autocast must be True, False or 'prefill' (got {autocast!r})")
         self.autocast = autocast
         if compile:  # opt-in, process-wide: inductor for the decode steps' mHC coefficients
-            from dsv4.infer.windowed import set_dense_compile  # the long-prefill HCA softmax
-            from dsv4.model.indexer import set_score_compile  # and the CSA index scores
+            from dsv4.model.indexer import set_score_compile  # and for the CSA index scores
             from dsv4.model.mhc import set_decode_compile
             set_decode_compile(True)
             set_score_compile(True)
-            set_dense_compile(True)
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
         # A plain model's one-token steps skip the module tree (plain_decode.py); weight_dtype
         # (e.g. torch.bfloat16) is the dtype of that path's Linear weights, bf16 under
