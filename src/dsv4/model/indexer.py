@@ -59,7 +59,7 @@ class Indexer(nn.Module):
         q, w = self._queries(x, qr, freqs)
         w = w * self.weight_scale
         dots = torch.matmul(q.reshape(B, T * self.n_heads, self.head_dim), keys.to(q.dtype).transpose(1, 2))
-        dots = dots.relu_().view(B, T, self.n_heads, -1)
+        dots = dots.relu_().view(B, T, self.n_heads, -1)  # (autograd: not the int16 `_relu_`)
         # the head-weighted sum as a matmul: no [B, T, H, N] temporary (DeepSeek also scores in bf16)
         return torch.matmul(w.unsqueeze(-2).to(dots.dtype), dots).squeeze(-2).float()
 
@@ -99,7 +99,7 @@ class Indexer(nn.Module):
                 e = min(s + step, T)
                 # all heads in one matmul (one packing of the keys), then the fp32 weighted sum
                 dots = torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b]).view(e - s, H, N)
-                acc = _SCORE.get("fn", head_scores)(dots, w[b, s:e])
+                acc = _SCORE.get("fn", _head_scores)(dots, w[b, s:e])
                 tail = ends[b, lo:]
                 vis = (tail >= 0) & (tail <= q_pos[b, s:e].unsqueeze(1))
                 acc[:, lo:].masked_fill_(~vis, float("-inf"))
@@ -108,31 +108,48 @@ class Indexer(nn.Module):
         return idx, ok
 
 
-def head_scores(dots: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum_h w_h ReLU(dots_h): dots [r, H, N] (the matmul's dtype), w [r, H] fp32 -> [r, N] fp32.
-
-    Separate multiplies and adds in head order, never fused into one rounding (addcmul may fuse
-    them, and differs in the last bit): a score is the same whatever shapes it is computed in, and
-    `set_score_compile`'s inductor kernel gives the same bits (tests/test_infer_prefill.py), so
-    the prefill and the decode steps pick alike, compiled or not."""
-    d = dots.float().relu_()
-    acc = d[:, 0] * w[:, :1]
-    for h in range(1, d.shape[1]):
-        acc += d[:, h] * w[:, h:h + 1]
+def _head_scores(dots: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_h w_h ReLU(dots_h): dots [r, H, N] (the matmul's dtype), w [r, H] fp32 -> [r, N] fp32,
+    eagerly: ReLU in place (on the bits for 16-bit dots), then one addcmul per head."""
+    dots = _relu_(dots)
+    acc = dots[:, 0] * w[:, :1]
+    for h in range(1, dots.shape[1]):
+        acc.addcmul_(dots[:, h], w[:, h:h + 1])
     return acc
 
 
-_SCORE: dict = {}  # "fn": the compiled `head_scores` (opt-in)
+def head_scores_fused(dots: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`_head_scores` written for inductor (`set_score_compile`): fp32 ReLU, then a multiply and
+    an add per head, all in one pass. Its bits differ from the eager addcmul's in the last place,
+    but not with the shapes (one query or many, any block count: tests/test_infer_prefill.py),
+    and the switch is process-wide, so prefill and decode steps still pick alike."""
+    d = dots.float().relu()
+    acc = d[:, 0] * w[:, :1]
+    for h in range(1, d.shape[1]):
+        acc = acc + d[:, h] * w[:, h:h + 1]
+    return acc
+
+
+_SCORE: dict = {}  # "fn": the compiled `head_scores_fused` (opt-in)
 
 
 def set_score_compile(enabled: bool) -> None:
-    """Compile `head_scores` for `Indexer.select` (opt-in, inference; `Engine(compile=True)`):
-    one fused pass instead of ~10 over the [queries, heads, blocks] dots, ~3x less time for the
-    part of a long prefill that grows with the context squared. ~10 s to compile (dynamic shapes;
-    one-query decode steps compile once more)."""
+    """Compile the index scores' head sum for `Indexer.select` (opt-in, inference;
+    `Engine(compile=True)`): one fused pass instead of ~9 over each [queries, heads, blocks]
+    block of dots, ~25% less time for the part of a long prefill that grows with the context
+    squared. ~10-15 s to compile (dynamic shapes; one-query decode steps compile once more)."""
     _SCORE.clear()
     if enabled:
-        _SCORE["fn"] = torch.compile(head_scores, dynamic=True)
+        _SCORE["fn"] = torch.compile(head_scores_fused, dynamic=True)
+
+
+def _relu_(t: torch.Tensor) -> torch.Tensor:
+    """In-place ReLU; of 16-bit floats on their bits (sign bit set = negative int16 -> 0 = +0.0):
+    an integer clamp, where a bf16 relu_ converts every element to fp32 and back."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t.view(torch.int16).clamp_min_(0)
+        return t
+    return t.relu_()
 
 
 @torch.no_grad()
