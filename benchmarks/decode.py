@@ -11,11 +11,13 @@
 5. KV-cache bytes per token at 128k for `flagship` vs a bf16 dense GQA-8 baseline of the same
    dims (layers, head_dim), from the cache layout (`dsv4.infer.cache.cache_bytes`).
 6. Our engine vs Hugging Face `transformers` `generate` (if installed) on a LlamaForCausalLM of
-   the `baseline` dims and parameter count (random init, greedy, KV cache on): tokens/s ratio.
+   the `baseline` dims and parameter count (random init, greedy, KV cache on): tokens/s ratios
+   in matched pairs, fp32 vs fp32 and bf16 weights vs bf16 weights (and our generic path).
 7. `--long`: prefill time of `flagship` at 16k, 32k and 64k tokens (chunked prefill), the ratio
-   64k / 16k for 4x the tokens (a quadratic-attention model would be ~16x; linear is 4x).
+   64k / 16k for 4x the tokens (a quadratic-attention model would be ~16x; linear is 4x);
+   with `--compile`, Engine(compile=True) (compiled index scores) after an untimed warm-up.
 
-    PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--long] [--out benchmarks/results/decode.json]
+    PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--long] [--compile] [--only S1,S2] [--out F]
 
 Models are randomly initialised (speed does not depend on the weights); greedy decoding with
 `ignore_eos` so every run decodes the same number of tokens.
