@@ -11,11 +11,13 @@
 5. KV-cache bytes per token at 128k for `flagship` vs a bf16 dense GQA-8 baseline of the same
    dims (layers, head_dim), from the cache layout (`dsv4.infer.cache.cache_bytes`).
 6. Our engine vs Hugging Face `transformers` `generate` (if installed) on a LlamaForCausalLM of
-   the `baseline` dims and parameter count (random init, greedy, KV cache on): tokens/s ratio.
+   the `baseline` dims and parameter count (random init, greedy, KV cache on): tokens/s ratios
+   in matched pairs, fp32 vs fp32 and bf16 weights vs bf16 weights (and our generic path).
 7. `--long`: prefill time of `flagship` at 16k, 32k and 64k tokens (chunked prefill), the ratio
-   64k / 16k for 4x the tokens (a quadratic-attention model would be ~16x; linear is 4x).
+   64k / 16k for 4x the tokens (a quadratic-attention model would be ~16x; linear is 4x);
+   with `--compile`, Engine(compile=True) (compiled index scores) after an untimed warm-up.
 
-    PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--long] [--out benchmarks/results/decode.json]
+    PYTHONPATH=src python benchmarks/decode.py [--threads 2] [--long] [--compile] [--only S1,S2] [--out F]
 
 Models are randomly initialised (speed does not depend on the weights); greedy decoding with
 `ignore_eos` so every run decodes the same number of tokens.
@@ -159,11 +161,16 @@ def batched_throughput(preset: str, batch: int, new_tokens: int, autocast: bool)
 
 
 def vs_transformers(prompt_len: int, new_tokens: int, compile: bool = False) -> dict | None:
-    """Our engine on `baseline` vs HF `generate` on the same-dims Llama (fp32, greedy)."""
+    """Our engine on `baseline` vs HF `generate` on the same-dims Llama (greedy), in matched pairs:
+    fp32 weights on both sides, and bf16 weights on both sides (ours: `weight_dtype=bf16` for the
+    decode GEMVs with an fp32 stream/cache and bf16-autocast prefill; HF: `model.to(bf16)`).
+    Also our generic cached path (`fast_decode=False`, the engine before plain_decode.py)."""
     try:
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError:
         return None
+    import copy
+
     ours = make("baseline", prompt_len + new_tokens + 8)
     c = ours.config
     hf_cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
@@ -173,39 +180,68 @@ def vs_transformers(prompt_len: int, new_tokens: int, compile: bool = False) -> 
                          tie_word_embeddings=c.tie_embeddings, pad_token_id=0, eos_token_id=None)
     torch.manual_seed(0)
     hf = LlamaForCausalLM(hf_cfg).eval()
+    hf16 = copy.deepcopy(hf).to(torch.bfloat16)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_hf = sum(p.numel() for p in hf.parameters())
     prompt = torch.randint(0, c.vocab_size, (prompt_len,)).tolist()
-    eng = Engine(ours, None, max_batch=1, autocast=False, prefill_chunk=prompt_len, compile=compile)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     ids = torch.tensor([prompt])
 
-    def hf_run():
-        with torch.inference_mode():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, do_sample=False, use_cache=True)
-        assert out.shape[1] == prompt_len + new_tokens
+    def engine_run(**kw):
+        eng = Engine(ours, None, max_batch=1, prefill_chunk=prompt_len, compile=compile, **kw)
+        return lambda: eng.generate(prompt, params)
 
-    eng.generate(prompt, params)
-    hf_run()
-    t_ours = t_hf = float("inf")
-    for _ in range(3):  # interleaved: both see the same machine load
-        t_ours = min(t_ours, timed(lambda: eng.generate(prompt, params), repeat=1))
-        t_hf = min(t_hf, timed(hf_run, repeat=1))
+    def hf_run(model):
+        def run():
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                     min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+            assert out.shape[1] == prompt_len + new_tokens
+        return run
+
+    runs = {"ours_fp32": engine_run(autocast=False), "hf_fp32": hf_run(hf),
+            "ours_bf16": engine_run(autocast="prefill", weight_dtype=torch.bfloat16), "hf_bf16": hf_run(hf16),
+            "ours_generic_fp32": engine_run(autocast=False, fast_decode=False)}
+    best = dict.fromkeys(runs, float("inf"))
+    best_cpu = dict.fromkeys(runs, float("inf"))
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(5):  # interleaved: every variant sees the same machine load
+        for name, fn in runs.items():
+            t, cpu = time.perf_counter(), time.process_time()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+            best_cpu[name] = min(best_cpu[name], time.process_time() - cpu)
     import transformers
+    tok_s = {f"{k}_tok_s": new_tokens / v for k, v in best.items()}
     return {"preset": "baseline", "params_ours": n_ours, "params_hf_llama": n_hf,
             "transformers": transformers.__version__, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
-            "ours_tok_s": new_tokens / t_ours, "hf_tok_s": new_tokens / t_hf, "ratio": t_hf / t_ours,
-            "compile": compile}
+            **tok_s, "ratio": best["hf_fp32"] / best["ours_fp32"],
+            "ratio_bf16": best["hf_bf16"] / best["ours_bf16"],
+            "ratio_cpu": best_cpu["hf_fp32"] / best_cpu["ours_fp32"],
+            "ratio_bf16_cpu": best_cpu["hf_bf16"] / best_cpu["ours_bf16"],
+            "ratio_generic": best["hf_fp32"] / best["ours_generic_fp32"],
+            "ratios_note": "tokens/s of generate() including the 256-token prefill; ratio = fp32 vs fp32, "
+                           "ratio_bf16 = bf16 weights vs bf16 weights, ratio_generic = our generic path "
+                           "(fast_decode=False) vs HF fp32; *_cpu from process CPU time",
+            "compile": compile, "load_avg_after": os.getloadavg()}
 
 
-def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
-    """Chunked-prefill seconds at each length (one run each: they are long)."""
+def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int, compile: bool = False) -> dict:
+    """Chunked-prefill seconds at each length (one run each: they are long). With `compile`
+    (Engine(compile=True): the CSA index scores through inductor) one untimed 8k prefill first
+    compiles the kernel, so that no length's time includes compiling."""
     model = make(preset, max(lengths) + 8)
     secs, cpu, load = {}, {}, {}
+    if compile:
+        t_warm = time.perf_counter()
+        Engine(model, None, max_batch=1, prefill_chunk=chunk, compile=True).generate(
+            torch.randint(0, model.config.vocab_size, (8192,)).tolist(),
+            SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+        t_warm = time.perf_counter() - t_warm
     for n in lengths:
         prompt = torch.randint(0, model.config.vocab_size, (n,)).tolist()
-        eng = Engine(model, None, max_batch=1, prefill_chunk=chunk)
+        eng = Engine(model, None, max_batch=1, prefill_chunk=chunk, compile=compile)
         t, c = time.perf_counter(), time.process_time()
         eng.generate(prompt, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
         secs[n], cpu[n] = time.perf_counter() - t, time.process_time() - c
@@ -215,7 +251,7 @@ def long_prefill(preset: str, lengths: tuple[int, ...], chunk: int) -> dict:
     lo, hi = min(lengths), max(lengths)
     return {"preset": preset, "prefill_chunk": chunk, "seconds": secs, "cpu_seconds": cpu,
             "tokens_ratio": hi / lo, "time_ratio": secs[hi] / secs[lo], "cpu_time_ratio": cpu[hi] / cpu[lo],
-            "load_avg_after": load}
+            "load_avg_after": load, "compile": compile, **({"warmup_s": t_warm} if compile else {})}
 
 
 def main() -> None:
@@ -227,8 +263,8 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="also the 16k -> 64k prefill (minutes)")
     ap.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     ap.add_argument("--compile", action="store_true",
-                    help="single_stream / vs_transformers with Engine(compile=True) (process-wide: "
-                         "run it apart from the eager numbers); warmup_s includes compiling")
+                    help="single_stream / vs_transformers / long_prefill with Engine(compile=True) "
+                         "(process-wide: run it apart from the eager numbers); warmup_s includes compiling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = 16 if args.quick else 64
@@ -272,7 +308,7 @@ def main() -> None:
     if hf is not None:
         log("vs_transformers", hf)
     if args.long and want("long_prefill"):
-        log("long_prefill", long_prefill("flagship", (16 * 1024, 32 * 1024, 64 * 1024), 2048))
+        log("long_prefill", long_prefill("flagship", (16 * 1024, 32 * 1024, 64 * 1024), 2048, args.compile))
     res["machine"]["load_avg_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import torch
 from dsv4.config import make_config
 from dsv4.infer.engine import Engine
 from dsv4.infer.sampling import SamplingParams
-from dsv4.model import mhc
+from dsv4.model import indexer, mhc
 from dsv4.model.moe import MoE
 from dsv4.model.transformer import build_model
 
@@ -80,8 +80,9 @@ def test_compiled_decode_gives_the_eager_tokens():
     try:
         compiled = Engine(model, None, max_batch=1, compile=True).generate(prompt, params)[0]
         assert mhc._DECODE, "compile=True did not install the compiled path"
-    finally:
+    finally:  # process-wide switches: leave the eager paths to the tests after this one
         mhc.set_decode_compile(False)
+        indexer.set_score_compile(False)
     assert compiled.token_ids == eager.token_ids
     a = torch.tensor([lp["logprob"] for lp in eager.logprobs])
     b = torch.tensor([lp["logprob"] for lp in compiled.logprobs])

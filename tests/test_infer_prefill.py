@@ -29,7 +29,8 @@ def run(model, prompt, chunk, new_tokens=8):
                                                ignore_eos=True))[0]
 
 
-def test_long_chunks_equal_short_chunks_and_full_recompute(model, monkeypatch):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_long_chunks_equal_short_chunks_and_full_recompute(model, compiled, monkeypatch):
     calls = {"windowed": 0, "merged": 0}
 
     def spy(name, fn):
@@ -40,6 +41,8 @@ def test_long_chunks_equal_short_chunks_and_full_recompute(model, monkeypatch):
 
     monkeypatch.setattr(attn_cache, "windowed_attend", spy("windowed", attn_cache.windowed_attend))
     monkeypatch.setattr(windowed, "_dense_lse", spy("merged", windowed._dense_lse))
+    if compiled:  # the compiled index scores (Engine(compile=True)) in the prefill and decode steps
+        monkeypatch.setitem(indexer._SCORE, "fn", torch.compile(indexer.head_scores_fused, dynamic=True))
     torch.manual_seed(1)
     prompt = torch.randint(0, model.config.vocab_size, (420,)).tolist()  # 105 CSA blocks >> top-16
     long = run(model, prompt, 200)  # chunks of 200, 200, 20: sub-chunks of 64 for the first two
@@ -69,8 +72,10 @@ def test_dense_lse_is_softmax_and_logsumexp(monkeypatch):
     torch.testing.assert_close(lse, z.logsumexp(-1, keepdim=True))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("n_blocks,queries_per_step", [(5, 8), (40, 8), (40, 64)])
-def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, queries_per_step, monkeypatch):
+def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, queries_per_step, compiled,
+                                                                    monkeypatch):
     """`Indexer.select` (blocked, no [T, N] scores) picks the set `topk_indices(scores)` picks:
     ties (duplicated keys) to the earliest block, a block only once complete, rows holding
     fewer blocks; with N <= top-k every visible block."""
@@ -90,6 +95,8 @@ def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, qu
     ends = torch.where(ends > start + T, -1, ends)
     freqs = rope_frequencies(cfg, start + T, kind="compress")[start:]
     monkeypatch.setattr(indexer, "SCORE_BLOCK", queries_per_step * n_blocks)
+    if compiled:
+        monkeypatch.setitem(indexer._SCORE, "fn", torch.compile(indexer.head_scores_fused, dynamic=True))
     with torch.no_grad():
         idx, ok = ind.select(x, qr, keys, freqs, q_pos, ends, cfg.index_topk)
         visible = (ends.unsqueeze(1) >= 0) & (ends.unsqueeze(1) <= q_pos.unsqueeze(2))
@@ -100,6 +107,25 @@ def test_select_equals_topk_of_the_scores_with_ties_and_ragged_rows(n_blocks, qu
 
     assert torch.equal(picked(idx, ok), picked(want_idx, want_ok))
     assert picked(idx, ok).any()
+
+
+def test_compiled_head_scores_do_not_depend_on_shapes():
+    """The opt-in inductor kernel of the index scores' head sum (`set_score_compile`) is the
+    fused function's math, and a row's scores come out the same bits in a one-query call (decode)
+    as in a many-query call (prefill), with any number of blocks after them."""
+    fn = torch.compile(indexer.head_scores_fused, dynamic=True)
+    torch.manual_seed(0)
+    for r, n in [(16, 1000), (5, 4099), (64, 333), (3, 17), (8, 5000)]:
+        for dtype in (torch.bfloat16, torch.float32):
+            dots = (torch.randn(r, 4, n) * 3).to(dtype)
+            w = torch.randn(r, 4) * 0.1
+            many = fn(dots, w)
+            torch.testing.assert_close(many, indexer.head_scores_fused(dots, w))
+            torch.testing.assert_close(many, indexer._head_scores(dots.clone(), w))
+            for i in (0, r // 2, r - 1):
+                for m in (n, n // 2 + 1, 1):
+                    one = fn(dots[i:i + 1, :, :m].contiguous(), w[i:i + 1])
+                    assert torch.equal(one[0], many[i, :m]), (r, n, dtype, i, m)
 
 
 @pytest.mark.parametrize("group", [1, 3, 8])

@@ -8,6 +8,8 @@
 - `text`         incremental detokenisation with stop strings.
 - `engine`       `Engine(model, tokenizer)`: chunked prefill + batched ragged decode, streaming,
                  logprobs, the speculative verify loop.
+- `plain_decode` the one-token decode step of a plain model (every V4 switch off) as straight
+                 tensor code (fused GEMVs, in-place KV writes); optional bf16 weights.
 - `speculative`  `MTPDrafter`: the MTP head drafts for self-speculative decoding.
 - `load`         `load_engine(ckpt)`: a checkpoint's model + tokenizer in an engine.
 - `chat`         `ChatSession`: multi-turn chat over the engine (`dsv4 chat`).

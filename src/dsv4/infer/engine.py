@@ -11,6 +11,10 @@ at different positions (a ragged batch: each row carries its own positions, no p
 and returns what each sequence produced. The server's scheduler calls `step()` in a loop;
 `generate`/`stream` do the same in the caller's thread. The engine is not thread-safe.
 
+A plain model (every V4 switch off) decodes through `plain_decode.PlainDecoder` (same math,
+no module calls; `fast_decode=False` for the generic path, `weight_dtype=torch.bfloat16` for
+bf16 GEMV weights with an fp32 residual stream and cache).
+
 Speculative decoding (SPEC 1.5, 5): with `draft_fn` and `num_draft = k`, each decode step
 feeds [last token, k drafts] in one forward, samples the k+1 verified positions in order
 with the request's generator, keeps the drafts up to the first disagreement plus the
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dsv4.infer import plain_decode
 from dsv4.infer.cache import ModelCache
 from dsv4.infer.sampling import SamplingParams, make_generator, sample_token, token_logprobs
 from dsv4.infer.text import TextStream
@@ -91,7 +96,8 @@ class Output:
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 8, prefill_chunk: int = 256,
                  max_len: int | None = None, autocast: bool | str = "prefill",
-                 draft_fn=None, num_draft: int = 0, compile: bool = False):
+                 draft_fn=None, num_draft: int = 0, compile: bool = False, fast_decode: bool = True,
+                 weight_dtype: torch.dtype | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_len = max_len or model.config.max_seq_len
@@ -106,10 +112,20 @@ class Engine:
         if autocast not in (True, False, "prefill"):
             raise ValueError(f"autocast must be True, False or 'prefill' (got {autocast!r})")
         self.autocast = autocast
-        if compile:  # opt-in: inductor for the decode steps' mHC coefficients (process-wide)
+        if compile:  # opt-in, process-wide: inductor for the decode steps' mHC coefficients
+            from dsv4.model.indexer import set_score_compile  # and for the CSA index scores
             from dsv4.model.mhc import set_decode_compile
             set_decode_compile(True)
+            set_score_compile(True)
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
+        # A plain model's one-token steps skip the module tree (plain_decode.py); weight_dtype
+        # (e.g. torch.bfloat16) is the dtype of that path's Linear weights, bf16 under
+        # autocast=True (its matmuls are bf16 there too; stream, norms and softmax stay fp32).
+        fast = fast_decode and not draft_fn and plain_decode.supports(model)
+        wdt = weight_dtype or (torch.bfloat16 if autocast is True else None)
+        self.fast = plain_decode.PlainDecoder(model, self.cache, wdt) if fast else None
+        if weight_dtype is not None and self.fast is None:
+            raise ValueError("weight_dtype applies to the plain-model decode path only")
         self.prefetcher = EngramPrefetcher(model)  # issue 8: no layers (and no thread) for memory tables
         self.free_slots = list(range(max_batch - 1, -1, -1))
         self.waiting: deque[Sequence] = deque()
@@ -236,6 +252,13 @@ class Engine:
             self._prefilling = False
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
+        if self.fast is not None and self.fast.ready():
+            ids = torch.tensor([s.generated[-1] for s in seqs], dtype=torch.long)
+            logits = self.fast.decode([s.slot for s in seqs], ids, [s.n_cached for s in seqs])
+            for b, seq in enumerate(seqs):
+                seq.n_cached += 1
+                self._emit(seq, logits[b])
+            return
         ids = torch.tensor([[s.generated[-1]] for s in seqs], dtype=torch.long)
         pos = torch.tensor([[s.n_cached] for s in seqs], dtype=torch.long)
         streams = self._forward([s.slot for s in seqs], ids, pos)

@@ -34,11 +34,12 @@ def _dense_lse(q: torch.Tensor, e: torch.Tensor, scale: float) -> tuple[torch.Te
     lse = q.new_empty(q.shape[0], 1, dtype=torch.float32)
     et = e.transpose(0, 1)
     rows = max(SCORE_BLOCK // e.shape[0], 64)
+    c = scale * math.log2(math.e)
     # in base 2 (logits * log2(e), exp2): torch's fp32 exp2 runs ~4x faster than its exp on CPU
     for s in range(0, q.shape[0], rows):
-        z = torch.matmul(q[s:s + rows], et).float().mul_(scale * math.log2(math.e))
-        m = z.amax(-1, keepdim=True)
-        torch.exp2(z.sub_(m), out=z)
+        z = torch.matmul(q[s:s + rows], et).float()
+        m = z.amax(-1, keepdim=True).mul_(c)  # the scaled maximum (c > 0)
+        torch.exp2(torch.add(-m, z, alpha=c, out=z), out=z)  # scale and shift in one pass
         total = z.sum(-1, keepdim=True)
         out[s:s + rows] = torch.matmul(z.to(e.dtype), e).float().div_(total)
         lse[s:s + rows] = m * math.log(2.0) + total.log()
