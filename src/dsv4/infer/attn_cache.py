@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dsv4.infer.attn_decode import can_decode_one, decode_one
 from dsv4.infer.cache import CompressedCache, DenseStore, RingStore, causal_mask
 from dsv4.infer.windowed import windowed_attend
 from dsv4.model.attention import MIN_CHUNK
@@ -56,6 +57,8 @@ class AttentionCache:
 
     # ---- the forward pass ------------------------------------------------------------------
     def forward(self, attn, x: torch.Tensor, ctx) -> torch.Tensor:
+        if can_decode_one(self, attn, x):  # single-stream decode: the short path, same maths
+            return decode_one(self, attn, x, ctx)
         B, T, _ = x.shape
         pos = ctx.positions
         freqs = attn._freqs(ctx)  # per token [B, T, r/2]
@@ -140,10 +143,14 @@ class AttentionCache:
         return picked.view(B, T, k, ent.shape[-1]), ok
 
     def _update(self, cache: CompressedCache, comp, x, pos, rows) -> torch.Tensor:
+        self._push(cache, comp, x, pos, rows)
+        return cache.read(rows)
+
+    def _push(self, cache: CompressedCache, comp, x, pos, rows) -> None:
+        """Add a chunk's per-token features to `cache`, pooling the blocks it completes."""
         kv, score = comp.project(x)  # per token, fp32 [B, T, coff*d]
         for b, blocks, raw in cache.push(rows, pos, kv=kv, score=score):
             cache.store(int(rows[b]), blocks, self._pool(comp, blocks, raw["kv"], raw["score"]))
-        return cache.read(rows)
 
     def _pool(self, comp, blocks, kv, score) -> torch.Tensor:
         """Entries [n, d] of consecutive complete blocks from their raw spans [n, span, coff*d]."""

@@ -1,0 +1,86 @@
+"""One token of one sequence through a V4 attention layer's cache (single-stream decode).
+
+`AttentionCache.forward` handles ragged batches of any chunk length; for the commonest call,
+one new token of one slot on a sliding-window layer with one shared KV head (every V4
+layer), most of its ~60 small ops are bookkeeping whose answer is known: this path computes
+the same attention with about a third of them.
+
+  - The new key is written into the ring first and the whole ring row is read as a view
+    (no concatenation of old and new keys); a cell is visible iff its position lies in
+    (p - window, p] and is >= 0. The cell the new key overwrites held position p - capacity, which is
+    outside the window (capacity >= window), so nothing the query needs is lost.
+  - Every compressed entry a slot holds is complete at its last position <= p (blocks are
+    stored when their last token arrives, and rollback drops the ones past the kept
+    length), so the one query sees all of them: no causal mask over entries, and entries
+    are a view of the slot's row. CSA with more entries than `index_topk` reads the
+    indexer's picks (`Indexer.select`, as the general path); with fewer it reads them all.
+  - Raw keys, compressed entries and (for the sink) a zero row are one key = value matrix,
+    so scores and the weighted sum are one matmul each and the sink logit is one more
+    column: a single fp32 softmax over [raw | compressed | sink], as in training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dsv4.model.rope import apply_rope
+
+
+def can_decode_one(cache, attn, x: torch.Tensor) -> bool:
+    """Whether `decode_one` applies: one token of one slot, a window ring, one KV head."""
+    return (x.shape[0] == 1 and x.shape[1] == 1 and bool(cache.window) and not attn.plain
+            and attn.n_kv == 1 and cache.owner.row_block is not None)
+
+
+def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
+    """`AttentionCache.forward` for x [1, 1, dim] at position ctx.positions [1, 1]."""
+    pos = ctx.positions
+    p = int(pos[0, 0])
+    slot = cache.owner.row_block.start
+    freqs = attn._freqs(ctx)
+    q, qr, k, _ = attn._qkv(x, freqs)  # k is v (shared KV)
+    ring = cache.raw.ring
+    ring.write(cache.owner.rows, pos, k=k)
+    keys = ring.data["k"][slot, :, 0]  # [C, D], a view
+    cell_pos = ring.pos[slot]
+    # outside the window, empty (-1) or stale (past p: rolled-back drafts)
+    hidden = (cell_pos <= max(p - cache.window, -1)) | (cell_pos > p)
+    ent = _entries(cache, attn, x, qr, freqs, pos, slot, p) if cache.cmp is not None else None
+    parts = [keys.to(q.dtype)]
+    if ent is not None:
+        parts.append(ent.to(q.dtype))
+    sink = attn.attn_sink
+    if sink is not None:
+        parts.append(q.new_zeros(1, q.shape[-1]))  # the sink's value: zero
+    kv = torch.cat(parts) if len(parts) > 1 else parts[0]
+    qh = q[0, 0]  # [H, D]
+    scores = torch.mm(qh, kv.t()).float().mul_(attn.softmax_scale)  # [H, C (+ N) (+ 1)]
+    scores[:, :keys.shape[0]].masked_fill_(hidden, float("-inf"))
+    if sink is not None:
+        scores[:, -1] = sink.float()
+    out = torch.mm(scores.softmax(dim=-1).to(kv.dtype), kv).view(1, 1, *qh.shape)
+    if attn.cfg.shared_kv:
+        out = apply_rope(out, freqs, inverse=True)  # undo the rotation V carried
+    return attn._output(out)
+
+
+def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor | None:
+    """The compressed entries the query at p reads, [n, d] (None before the first block),
+    after adding the block this token completes; the indexer's keys are kept current."""
+    rows = cache.owner.rows
+    ent = _push(cache, cache.cmp, attn.compressor, x, pos, rows, slot)
+    keys = None
+    if cache.idx is not None:
+        keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot)
+    if ent is None or keys is None or attn.indexer_stage != "sparse" or ent.shape[0] <= attn.indexer.topk:
+        return ent  # HCA, the dense stage, or no more blocks than the indexer picks: all of them
+    ends = cache.cmp.block_ends[:ent.shape[0]].unsqueeze(0)
+    idx, _ = attn.indexer.select(x, qr, keys.unsqueeze(0), freqs, pos, ends, attn.indexer.topk)
+    return ent.index_select(0, idx[0, 0])  # all N > k blocks are visible: every pick is real
+
+
+def _push(cache, store, comp, x, pos, rows, slot: int) -> torch.Tensor | None:
+    """Add this token to `store` (pooling the block it completes) -> the slot's entries, a view."""
+    cache._push(store, comp, x, pos, rows)
+    n = int(store.count[slot])
+    return store.entries[slot, :n] if n else None
