@@ -143,14 +143,10 @@ class AttentionCache:
         return picked.view(B, T, k, ent.shape[-1]), ok
 
     def _update(self, cache: CompressedCache, comp, x, pos, rows) -> torch.Tensor:
-        self._push(cache, comp, x, pos, rows)
-        return cache.read(rows)
-
-    def _push(self, cache: CompressedCache, comp, x, pos, rows) -> None:
-        """Add a chunk's per-token features to `cache`, pooling the blocks it completes."""
         kv, score = comp.project(x)  # per token, fp32 [B, T, coff*d]
         for b, blocks, raw in cache.push(rows, pos, kv=kv, score=score):
             cache.store(int(rows[b]), blocks, self._pool(comp, blocks, raw["kv"], raw["score"]))
+        return cache.read(rows)
 
     def _pool(self, comp, blocks, kv, score) -> torch.Tensor:
         """Entries [n, d] of consecutive complete blocks from their raw spans [n, span, coff*d]."""

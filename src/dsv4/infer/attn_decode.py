@@ -68,10 +68,10 @@ def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor 
     """The compressed entries the query at p reads, [n, d] (None before the first block),
     after adding the block this token completes; the indexer's keys are kept current."""
     rows = cache.owner.rows
-    ent = _push(cache, cache.cmp, attn.compressor, x, pos, rows, slot)
+    ent = _push(cache, cache.cmp, attn.compressor, x, pos, rows, slot, p)
     keys = None
     if cache.idx is not None:
-        keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot)
+        keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot, p)
     if ent is None or keys is None or attn.indexer_stage != "sparse" or ent.shape[0] <= attn.indexer.topk:
         return ent  # HCA, the dense stage, or no more blocks than the indexer picks: all of them
     ends = cache.cmp.block_ends[:ent.shape[0]].unsqueeze(0)
@@ -79,8 +79,22 @@ def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor 
     return ent.index_select(0, idx[0, 0])  # all N > k blocks are visible: every pick is real
 
 
-def _push(cache, store, comp, x, pos, rows, slot: int) -> torch.Tensor | None:
-    """Add this token to `store` (pooling the block it completes) -> the slot's entries, a view."""
-    cache._push(store, comp, x, pos, rows)
+def _push(cache, store, comp, x, pos, rows, slot: int, p: int) -> torch.Tensor | None:
+    """Add this token's (kv, score) to `store`, pooling the block it completes (when
+    (p + 1) % ratio == 0) from the span's features in the ring (the last `span` positions,
+    zeros before position 0), -> the slot's entries, a view (None before the first block).
+    `CompressedCache.push` for one token without its per-row bookkeeping."""
+    kv, score = comp.project(x)  # [1, 1, coff*d] fp32
+    raw = store.raw
+    raw.write(rows, pos, kv=kv, score=score)
+    r = store.ratio
+    if (p + 1) % r == 0:
+        first = p + 1 - store.span
+        cells = torch.arange(max(first, 0), p + 1) % raw.capacity  # held: capacity >= span + ratio
+        feats = [raw.data[n][slot, cells] for n in ("kv", "score")]
+        if first < 0:  # the overlapping span of block 0 reaches before the sequence start
+            feats = [torch.cat([f.new_zeros(-first, f.shape[-1]), f]) for f in feats]
+        blocks = torch.arange(p // r, p // r + 1)
+        store.store(slot, blocks, cache._pool(comp, blocks, feats[0].unsqueeze(0), feats[1].unsqueeze(0)))
     n = int(store.count[slot])
     return store.entries[slot, :n] if n else None
