@@ -13,7 +13,9 @@ the same attention with about a third of them.
     stored when their last token arrives, and rollback drops the ones past the kept
     length), so the one query sees all of them: no causal mask over entries, and entries
     are a view of the slot's row. CSA with more entries than `index_topk` reads the
-    indexer's picks (`Indexer.select`, as the general path); with fewer it reads them all.
+    indexer's picks: `Indexer.select`'s scores and order (value descending, ties earliest
+    first), the top-k taken on the host for up to HOST_TOPK_MAX blocks; with fewer entries
+    than `index_topk` it reads them all.
   - Raw keys, compressed entries and (for the sink) a zero row are one key = value matrix,
     so scores and the weighted sum are one matmul each and the sink logit is one more
     column: a single fp32 softmax over [raw | compressed | sink], as in training.
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 import torch
 
+from dsv4.model.indexer import _relu_
 from dsv4.model.rope import apply_rope
+
+HOST_TOPK_MAX = 1024  # up to this many blocks the one query's top-k is a host sort (~N log N floats)
 
 
 def can_decode_one(cache, attn, x: torch.Tensor) -> bool:
@@ -42,11 +47,14 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
     ring = cache.raw.ring
     ring.write(cache.owner.rows, pos, k=k)
     keys = ring.data["k"][slot, :, 0]  # [C, D], a view
+    if keys.dtype != q.dtype:  # a ring made by a bf16 prefill: the new key at full precision
+        keys = keys.to(q.dtype)  # (the general path reads it from the chunk, not the ring)
+        keys[p % ring.capacity] = k[0, 0, 0]
     cell_pos = ring.pos[slot]
     # outside the window, empty (-1) or stale (past p: rolled-back drafts)
     hidden = (cell_pos <= max(p - cache.window, -1)) | (cell_pos > p)
     ent = _entries(cache, attn, x, qr, freqs, pos, slot, p) if cache.cmp is not None else None
-    parts = [keys.to(q.dtype)]
+    parts = [keys]
     if ent is not None:
         parts.append(ent.to(q.dtype))
     sink = attn.attn_sink
@@ -74,9 +82,26 @@ def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor 
         keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot, p)
     if ent is None or keys is None or attn.indexer_stage != "sparse" or ent.shape[0] <= attn.indexer.topk:
         return ent  # HCA, the dense stage, or no more blocks than the indexer picks: all of them
-    ends = cache.cmp.block_ends[:ent.shape[0]].unsqueeze(0)
-    idx, _ = attn.indexer.select(x, qr, keys.unsqueeze(0), freqs, pos, ends, attn.indexer.topk)
-    return ent.index_select(0, idx[0, 0])  # all N > k blocks are visible: every pick is real
+    if ent.shape[0] > HOST_TOPK_MAX:
+        ends = cache.cmp.block_ends[:ent.shape[0]].unsqueeze(0)
+        idx, _ = attn.indexer.select(x, qr, keys.unsqueeze(0), freqs, pos, ends, attn.indexer.topk)
+        return ent.index_select(0, idx[0, 0])  # all N > k blocks are visible: every pick is real
+    return ent.index_select(0, torch.tensor(_pick(attn.indexer, x, qr, keys, freqs)))
+
+
+def _pick(indexer, x, qr, keys, freqs) -> list[int]:
+    """`Indexer.select` for one query that sees all N > k blocks: the index scores with the
+    same ops and order as its inner loop (so the same fp32 values), the top-k (value
+    descending, ties earliest first, as `topk_earliest`) on the host."""
+    q, w = indexer._queries(x, qr, freqs)  # [1, 1, H, d], [1, 1, H]
+    w = w[0].float() * indexer.weight_scale  # [1, H]
+    H, N = indexer.n_heads, keys.shape[0]
+    dots = _relu_(torch.matmul(q[0].reshape(-1, indexer.head_dim), keys.to(q.dtype).t())).view(1, H, N)
+    acc = dots[:, 0] * w[:, :1]
+    for h in range(1, H):
+        acc.addcmul_(dots[:, h], w[:, h:h + 1])
+    v = acc[0].tolist()
+    return sorted(range(N), key=lambda i: (-v[i], i))[:indexer.topk]
 
 
 def _push(cache, store, comp, x, pos, rows, slot: int, p: int) -> torch.Tensor | None:
