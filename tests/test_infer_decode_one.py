@@ -89,3 +89,19 @@ def test_host_coefficients_equal_tensor_path():
         h2, _, _ = mhc._nograd_premix(*args, loop_sinkhorn=True)
         pre2, _, _ = mhc.one_token_coefficients(hc, xs)
     assert (torch.bmm(pre2, xs) - h2).abs().max() < 1e-5
+
+
+def test_prepacked_weights_give_the_same_tokens():
+    """Engine(prepack=True): [in, out] storage, same shapes and maths, same greedy tokens."""
+    torch.manual_seed(0)
+    model = build_model("tiny", max_seq_len=256).eval()
+    params = SamplingParams(max_tokens=60, temperature=0, logprobs=0, ignore_eos=True)
+    prompt = list(range(4, 50))
+    want = Engine(model, None, max_batch=1, autocast=False).generate(prompt, params)[0]
+    got = Engine(model, None, max_batch=1, autocast=False, prepack=True).generate(prompt, params)[0]
+    w = model.layers[0].attn.wq_a.weight
+    assert not w.is_contiguous() and w.t().is_contiguous()
+    assert got.token_ids == want.token_ids
+    a = torch.tensor([lp["logprob"] for lp in got.logprobs])
+    b = torch.tensor([lp["logprob"] for lp in want.logprobs])
+    assert (a - b).abs().max() < 1e-4

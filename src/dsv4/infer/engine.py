@@ -91,7 +91,7 @@ class Output:
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 8, prefill_chunk: int = 256,
                  max_len: int | None = None, autocast: bool | str = "prefill",
-                 draft_fn=None, num_draft: int = 0, compile: bool = False):
+                 draft_fn=None, num_draft: int = 0, compile: bool = False, prepack: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_len = max_len or model.config.max_seq_len
@@ -109,6 +109,9 @@ class Engine:
         if compile:  # opt-in: inductor for the decode steps' mHC coefficients (process-wide)
             from dsv4.model.mhc import set_decode_compile
             set_decode_compile(True)
+        if prepack:  # opt-in: matmul weights stored [in, out] for faster GEMVs (infer/prepack.py)
+            from dsv4.infer.prepack import prepack_weights
+            prepack_weights(model)
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
         self.prefetcher = EngramPrefetcher(model)  # issue 8: no layers (and no thread) for memory tables
         self.free_slots = list(range(max_batch - 1, -1, -1))
