@@ -7,8 +7,8 @@ the same attention with about a third of them.
 
   - The new key is written into the ring first and the whole ring row is read as a view
     (no concatenation of old and new keys); a cell is visible iff its position lies in
-    (p - window, p] and is >= 0. The cell the new key overwrites held position p - capacity, which is
-    outside the window (capacity >= window), so nothing the query needs is lost.
+    (p - window, p] and is >= 0. The cell the new key overwrites held position
+    p - capacity, outside the window (capacity >= window): nothing the query needs is lost.
   - Every compressed entry a slot holds is complete at its last position <= p (blocks are
     stored when their last token arrives, and rollback drops the ones past the kept
     length), so the one query sees all of them: no causal mask over entries, and entries
