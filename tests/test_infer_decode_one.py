@@ -105,3 +105,18 @@ def test_prepacked_weights_give_the_same_tokens():
     a = torch.tensor([lp["logprob"] for lp in got.logprobs])
     b = torch.tensor([lp["logprob"] for lp in want.logprobs])
     assert (a - b).abs().max() < 1e-4
+
+
+def test_load_engine_prepacks_on_cpu(tmp_path):
+    """The engine owns a model it loaded: its weights are prepacked by default, same tokens."""
+    from dsv4.infer.load import load_engine
+    from serve_fixtures import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path, max_seq_len=128)
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    packed = load_engine(ckpt, max_batch=1, autocast=False)
+    plain = load_engine(ckpt, max_batch=1, autocast=False, prepack=False)
+    assert not packed.model.layers[0].attn.wkv.weight.is_contiguous()
+    assert plain.model.layers[0].attn.wkv.weight.is_contiguous()
+    prompt = list(range(5, 30))
+    assert packed.generate(prompt, params)[0].token_ids == plain.generate(prompt, params)[0].token_ids
