@@ -32,9 +32,11 @@ HOST_TOPK_MAX = 1024  # up to this many blocks the one query's top-k is a host s
 
 
 def can_decode_one(cache, attn, x: torch.Tensor) -> bool:
-    """Whether `decode_one` applies: one token of one slot, a window ring, one KV head."""
-    return (x.shape[0] == 1 and x.shape[1] == 1 and bool(cache.window) and not attn.plain
-            and attn.n_kv == 1 and cache.owner.row_block is not None)
+    """Whether `decode_one` applies: one token of one slot, a window ring, one KV head, on the
+    CPU (like the other one-token paths; its host reads would be device syncs elsewhere, and
+    it has not been measured on a GPU)."""
+    return (x.shape[0] == 1 and x.shape[1] == 1 and x.device.type == "cpu" and bool(cache.window)
+            and not attn.plain and attn.n_kv == 1 and cache.owner.row_block is not None)
 
 
 def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
@@ -52,7 +54,7 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
         keys[p % ring.capacity] = k[0, 0, 0]
     cell_pos = ring.pos[slot]
     # outside the window, empty (-1) or stale (past p: rolled-back drafts)
-    hidden = (cell_pos <= max(p - cache.window, -1)) | (cell_pos > p)
+    hidden = ((cell_pos <= max(p - cache.window, -1)) | (cell_pos > p)).to(q.device)
     ent = _entries(cache, attn, x, qr, freqs, pos, slot, p) if cache.cmp is not None else None
     parts = [keys]
     if ent is not None:
@@ -86,7 +88,7 @@ def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor 
         ends = cache.cmp.block_ends[:ent.shape[0]].unsqueeze(0)
         idx, _ = attn.indexer.select(x, qr, keys.unsqueeze(0), freqs, pos, ends, attn.indexer.topk)
         return ent.index_select(0, idx[0, 0])  # all N > k blocks are visible: every pick is real
-    return ent.index_select(0, torch.tensor(_pick(attn.indexer, x, qr, keys, freqs)))
+    return ent.index_select(0, torch.tensor(_pick(attn.indexer, x, qr, keys, freqs), device=ent.device))
 
 
 def _pick(indexer, x, qr, keys, freqs) -> list[int]:
