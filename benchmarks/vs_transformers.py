@@ -121,9 +121,9 @@ def train_step_times(cfg, ours, hf, batch: int, seq: int, n: int) -> dict:
 
 
 def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast: bool,
-                 compile: bool = False) -> dict:
+                 compile: bool = False, prepack: bool = False) -> dict:
     prompt = torch.randint(0, cfg.vocab_size, (prompt_len,)).tolist()
-    eng = Engine(ours.eval(), None, max_batch=1, autocast=autocast, compile=compile)
+    eng = Engine(ours.eval(), None, max_batch=1, autocast=autocast, compile=compile, prepack=prepack)
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
 
     def run_ours():
@@ -160,6 +160,7 @@ def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast
         "same_tokens": same,
         "autocast_bf16": autocast,
         "compile": compile,
+        "prepack": prepack,
         "ours_first_run_s": t_warm,
         "note": "end-to-end generate (prefill included) on both sides",
     }
@@ -178,6 +179,8 @@ def main() -> None:
     )
     ap.add_argument("--parts", default="decode,train", help="which comparisons to run")
     ap.add_argument("--compile", action="store_true", help="our engine with compile=True (decode)")
+    ap.add_argument("--prepack", action="store_true",
+                    help="our engine with prepack=True (matmul weights stored [in, out]; decode)")
     ap.add_argument("--out", default="benchmarks/results/vs_transformers.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -199,7 +202,7 @@ def main() -> None:
             if "decode" in args.parts:
                 r["decode"] = decode_rates(
                     cfg, ours, hf, prompt_len=64, new=64, repeat=3, autocast=args.decode_bf16,
-                    compile=args.compile,
+                    compile=args.compile, prepack=args.prepack,
                 )
                 print(name, "decode", r["decode"], flush=True)
             if "train" in args.parts:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dsv4.infer.attn_decode import can_decode_one, decode_one
 from dsv4.infer.cache import CompressedCache, DenseStore, RingStore, causal_mask
 from dsv4.infer.windowed import windowed_attend
 from dsv4.model.attention import MIN_CHUNK
@@ -56,6 +57,8 @@ class AttentionCache:
 
     # ---- the forward pass ------------------------------------------------------------------
     def forward(self, attn, x: torch.Tensor, ctx) -> torch.Tensor:
+        if can_decode_one(self, attn, x):  # single-stream decode: the short path, same maths
+            return decode_one(self, attn, x, ctx)
         B, T, _ = x.shape
         pos = ctx.positions
         freqs = attn._freqs(ctx)  # per token [B, T, r/2]

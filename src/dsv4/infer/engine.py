@@ -97,7 +97,7 @@ class Engine:
     def __init__(self, model, tokenizer=None, max_batch: int = 8, prefill_chunk: int = 256,
                  max_len: int | None = None, autocast: bool | str = "prefill",
                  draft_fn=None, num_draft: int = 0, compile: bool = False, fast_decode: bool = True,
-                 weight_dtype: torch.dtype | None = None):
+                 weight_dtype: torch.dtype | None = None, prepack: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_len = max_len or model.config.max_seq_len
@@ -117,6 +117,9 @@ class Engine:
             from dsv4.model.mhc import set_decode_compile
             set_decode_compile(True)
             set_score_compile(True)
+        if prepack:  # opt-in: matmul weights stored [in, out] for faster GEMVs (infer/prepack.py)
+            from dsv4.infer.prepack import prepack_weights
+            prepack_weights(model)
         self.cache = ModelCache(model, max_batch, self.max_len, slack=self.num_draft + 1)
         # A plain model's one-token steps skip the module tree (plain_decode.py); weight_dtype
         # (e.g. torch.bfloat16) is the dtype of that path's Linear weights, bf16 under

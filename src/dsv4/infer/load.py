@@ -22,7 +22,9 @@ def load_tokenizer(ckpt_dir: str | Path):
 
 
 def load_engine(ckpt_dir: str | Path, device: str = "cpu", **engine_kwargs):
-    """An `Engine` over the checkpoint's model and tokenizer."""
+    """An `Engine` over the checkpoint's model and tokenizer. The engine owns this model, so on
+    the CPU its matmul weights are stored [in, out] for faster decode GEMVs (`prepack`,
+    infer/prepack.py) unless the caller says otherwise."""
     from dsv4.infer.engine import Engine
     from dsv4.model.load import load_model
 
@@ -31,4 +33,5 @@ def load_engine(ckpt_dir: str | Path, device: str = "cpu", **engine_kwargs):
     if model.config.vocab_size < tokenizer.vocab_size:
         raise UserError(f"checkpoint {ckpt_dir}: the model's vocab_size {model.config.vocab_size} is smaller "
                         f"than its tokenizer's {tokenizer.vocab_size}")
+    engine_kwargs.setdefault("prepack", device == "cpu")
     return Engine(model, tokenizer, **engine_kwargs)

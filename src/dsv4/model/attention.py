@@ -55,7 +55,7 @@ from torch import nn
 from dsv4.config import ModelConfig
 from dsv4.model.compressor import Compressor
 from dsv4.model.indexer import Indexer, indexer_kl, topk_indices
-from dsv4.model.norm import RMSNorm
+from dsv4.model.norm import RMSNorm, rms_normalize
 from dsv4.model.rope import apply_rope, rope_frequencies
 
 INDEXER_STAGES = ("dense", "sparse")
@@ -171,8 +171,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         q, qr = self._query(x)
         if self.cfg.shared_kv:
-            q32 = q.float()
-            q = (q32 * torch.rsqrt(q32.pow(2).mean(-1, keepdim=True) + self.eps)).to(q.dtype)
+            q = rms_normalize(q, self.eps)  # per head, no weight
             k = v = apply_rope(self.kv_norm(self.wkv(x)).unsqueeze(2), freqs)  # [B, T, 1, D], K = V
         else:
             k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.head_dim), freqs)

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from dsv4.config import ModelConfig
+from dsv4.model.mhc_host import one_token_coefficients, sinkhorn_lists
 
 ALPHA_INIT = 0.01  # mHC Table 5, "gating factor init"
 
@@ -111,18 +112,11 @@ def _sinkhorn_host(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     """No-grad Sinkhorn of ONE [n, n] matrix (single-stream decode) in Python floats.
 
     The tensor version costs ~80 kernel launches of a few n^2 entries each; on the host the
-    same normalisations of 4-16 numbers take less than half the time (fp64, so within fp32
-    rounding of the tensor result). CPU only: `tolist` would be a device sync elsewhere.
+    same normalisations of 4-16 numbers (fp64, so within fp32 rounding of the tensor result,
+    straight-line code from `mhc_host`) take a fraction of that. CPU only: `tolist` would be
+    a device sync elsewhere.
     """
-    p = torch.softmax(m[0], dim=-1).add_(eps)  # the same fp32 softmax + eps as the tensor path
-    mat = p.tolist()
-    d = [sum(c) + eps for c in zip(*mat, strict=True)]
-    mat = [[v / s for v, s in zip(r, d, strict=True)] for r in mat]
-    for _ in range(iters - 1):
-        mat = [[v / s for v in r] for r, s in zip(mat, [sum(r) + eps for r in mat], strict=True)]
-        d = [sum(c) + eps for c in zip(*mat, strict=True)]
-        mat = [[v / s for v, s in zip(r, d, strict=True)] for r in mat]
-    return torch.tensor(mat, dtype=m.dtype).unsqueeze(0)
+    return torch.tensor(sinkhorn_lists(m[0].tolist(), iters, eps), dtype=m.dtype).unsqueeze(0)
 
 
 def sinkhorn(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6) -> torch.Tensor:
@@ -421,19 +415,23 @@ class HyperConnection(nn.Module):
         off = torch.autocast(device_type=x.device.type, enabled=False) if amp else contextlib.nullcontext()
         with off:
             xs = x.reshape(-1, n, d).contiguous()  # the expanded embedding has stride 0
-            args = (xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps, self.iters,
-                    self.unconstrained)
-            if _DECODE and not amp and xs.shape[0] <= DECODE_COMPILE_MAX_TOKENS:
-                h, post, comb = _DECODE["premix"](*args, loop_sinkhorn=True)
+            if xs.shape[0] == 1 and xs.device.type == "cpu":  # one token: coefficients on the host
+                pre, post, comb_t = one_token_coefficients(self, xs)
+                h = torch.bmm(pre, xs.float())
             else:
-                h, post, comb = _nograd_premix(*args)
+                args = (xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps, self.iters,
+                        self.unconstrained)
+                if _DECODE and not amp and xs.shape[0] <= DECODE_COMPILE_MAX_TOKENS:
+                    h, post, comb = _DECODE["premix"](*args, loop_sinkhorn=True)
+                else:
+                    h, post, comb = _nograd_premix(*args)
+                post, comb_t = post.unsqueeze(-1), comb.transpose(1, 2)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
-            ctx.hc_record.append(comb.reshape(*lead, n, n)[0])
+            ctx.hc_record.append(comb_t.transpose(1, 2).reshape(*lead, n, n)[0])
         y = sublayer(h.reshape(*lead, d).to(x.dtype))
         with off:
             # out_k = post_k y + sum_j comb[j, k] x_j (comb transposed, as in _PostRes), in fp32
-            out = torch.baddbmm(post.unsqueeze(-1) * y.reshape(-1, 1, d).float(), comb.transpose(1, 2),
-                                xs.float())
+            out = torch.baddbmm(post * y.reshape(-1, 1, d).float(), comb_t, xs.float())
         return out.reshape(x.shape).to(x.dtype)
 
     def _forward_compiled(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:

@@ -88,6 +88,13 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor, inverse: bool = False) -> t
     """
     rd = freqs.shape[-1] * 2
     head, tail = x[..., : x.shape[-1] - rd], x[..., x.shape[-1] - rd:]
+    if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # inference: one complex product, half the ops (decode runs ~4 rotations per layer
+        # per token); the same bits as the written-out form below on CPU
+        c = torch.view_as_complex(tail.float().unflatten(-1, (rd // 2, 2)))
+        f = freqs.unsqueeze(-2)
+        t = torch.view_as_real(c * (f.conj() if inverse else f)).flatten(-2).to(x.dtype)
+        return torch.cat([head, t], dim=-1) if head.shape[-1] else t
     f = torch.view_as_real(freqs)  # [T, r/2, 2] = (cos, sin)
     cos, sin = f[..., 0].unsqueeze(-2), f[..., 1].unsqueeze(-2)  # [T, 1, r/2]: broadcast over heads
     if inverse:

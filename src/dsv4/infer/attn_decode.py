@@ -1,0 +1,127 @@
+"""One token of one sequence through a V4 attention layer's cache (single-stream decode).
+
+`AttentionCache.forward` handles ragged batches of any chunk length; for the commonest call,
+one new token of one slot on a sliding-window layer with one shared KV head (every V4
+layer), most of its ~60 small ops are bookkeeping whose answer is known: this path computes
+the same attention with about a third of them.
+
+  - The new key is written into the ring first and the whole ring row is read as a view
+    (no concatenation of old and new keys); a cell is visible iff its position lies in
+    (p - window, p] and is >= 0. The cell the new key overwrites held position
+    p - capacity, outside the window (capacity >= window): nothing the query needs is lost.
+  - Every compressed entry a slot holds is complete at its last position <= p (blocks are
+    stored when their last token arrives, and rollback drops the ones past the kept
+    length), so the one query sees all of them: no causal mask over entries, and entries
+    are a view of the slot's row. CSA with more entries than `index_topk` reads the
+    indexer's picks: `Indexer.select`'s scores and order (value descending, ties earliest
+    first), the top-k taken on the host for up to HOST_TOPK_MAX blocks; with fewer entries
+    than `index_topk` it reads them all.
+  - Raw keys, compressed entries and (for the sink) a zero row are one key = value matrix,
+    so scores and the weighted sum are one matmul each and the sink logit is one more
+    column: a single fp32 softmax over [raw | compressed | sink], as in training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dsv4.model.indexer import _relu_
+from dsv4.model.rope import apply_rope
+
+HOST_TOPK_MAX = 1024  # up to this many blocks the one query's top-k is a host sort (~N log N floats)
+
+
+def can_decode_one(cache, attn, x: torch.Tensor) -> bool:
+    """Whether `decode_one` applies: one token of one slot, a window ring, one KV head, on the
+    CPU (like the other one-token paths; its host reads would be device syncs elsewhere, and
+    it has not been measured on a GPU)."""
+    return (x.shape[0] == 1 and x.shape[1] == 1 and x.device.type == "cpu" and bool(cache.window)
+            and not attn.plain and attn.n_kv == 1 and cache.owner.row_block is not None)
+
+
+def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
+    """`AttentionCache.forward` for x [1, 1, dim] at position ctx.positions [1, 1]."""
+    pos = ctx.positions
+    p = int(pos[0, 0])
+    slot = cache.owner.row_block.start
+    freqs = attn._freqs(ctx)
+    q, qr, k, _ = attn._qkv(x, freqs)  # k is v (shared KV)
+    ring = cache.raw.ring
+    ring.write(cache.owner.rows, pos, k=k)
+    keys = ring.data["k"][slot, :, 0]  # [C, D], a view
+    if keys.dtype != q.dtype:  # a ring made by a bf16 prefill: the new key at full precision
+        keys = keys.to(q.dtype)  # (the general path reads it from the chunk, not the ring)
+        keys[p % ring.capacity] = k[0, 0, 0]
+    cell_pos = ring.pos[slot]
+    # outside the window, empty (-1) or stale (past p: rolled-back drafts)
+    hidden = ((cell_pos <= max(p - cache.window, -1)) | (cell_pos > p)).to(q.device)
+    ent = _entries(cache, attn, x, qr, freqs, pos, slot, p) if cache.cmp is not None else None
+    parts = [keys]
+    if ent is not None:
+        parts.append(ent.to(q.dtype))
+    sink = attn.attn_sink
+    if sink is not None:
+        parts.append(q.new_zeros(1, q.shape[-1]))  # the sink's value: zero
+    kv = torch.cat(parts) if len(parts) > 1 else parts[0]
+    qh = q[0, 0]  # [H, D]
+    scores = torch.mm(qh, kv.t()).float().mul_(attn.softmax_scale)  # [H, C (+ N) (+ 1)]
+    scores[:, :keys.shape[0]].masked_fill_(hidden, float("-inf"))
+    if sink is not None:
+        scores[:, -1] = sink.float()
+    out = torch.mm(scores.softmax(dim=-1).to(kv.dtype), kv).view(1, 1, *qh.shape)
+    if attn.cfg.shared_kv:
+        out = apply_rope(out, freqs, inverse=True)  # undo the rotation V carried
+    return attn._output(out)
+
+
+def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor | None:
+    """The compressed entries the query at p reads, [n, d] (None before the first block),
+    after adding the block this token completes; the indexer's keys are kept current."""
+    rows = cache.owner.rows
+    ent = _push(cache, cache.cmp, attn.compressor, x, pos, rows, slot, p)
+    keys = None
+    if cache.idx is not None:
+        keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot, p)
+    if ent is None or keys is None or attn.indexer_stage != "sparse" or ent.shape[0] <= attn.indexer.topk:
+        return ent  # HCA, the dense stage, or no more blocks than the indexer picks: all of them
+    if ent.shape[0] > HOST_TOPK_MAX:
+        ends = cache.cmp.block_ends[:ent.shape[0]].unsqueeze(0)
+        idx, _ = attn.indexer.select(x, qr, keys.unsqueeze(0), freqs, pos, ends, attn.indexer.topk)
+        return ent.index_select(0, idx[0, 0])  # all N > k blocks are visible: every pick is real
+    return ent.index_select(0, torch.tensor(_pick(attn.indexer, x, qr, keys, freqs), device=ent.device))
+
+
+def _pick(indexer, x, qr, keys, freqs) -> list[int]:
+    """`Indexer.select` for one query that sees all N > k blocks: the index scores with the
+    same ops and order as its inner loop (so the same fp32 values), the top-k (value
+    descending, ties earliest first, as `topk_earliest`) on the host."""
+    q, w = indexer._queries(x, qr, freqs)  # [1, 1, H, d], [1, 1, H]
+    w = w[0].float() * indexer.weight_scale  # [1, H]
+    H, N = indexer.n_heads, keys.shape[0]
+    dots = _relu_(torch.matmul(q[0].reshape(-1, indexer.head_dim), keys.to(q.dtype).t())).view(1, H, N)
+    acc = dots[:, 0] * w[:, :1]
+    for h in range(1, H):
+        acc.addcmul_(dots[:, h], w[:, h:h + 1])
+    v = acc[0].tolist()
+    return sorted(range(N), key=lambda i: (-v[i], i))[:indexer.topk]
+
+
+def _push(cache, store, comp, x, pos, rows, slot: int, p: int) -> torch.Tensor | None:
+    """Add this token's (kv, score) to `store`, pooling the block it completes (when
+    (p + 1) % ratio == 0) from the span's features in the ring (the last `span` positions,
+    zeros before position 0), -> the slot's entries, a view (None before the first block).
+    `CompressedCache.push` for one token without its per-row bookkeeping."""
+    kv, score = comp.project(x)  # [1, 1, coff*d] fp32
+    raw = store.raw
+    raw.write(rows, pos, kv=kv, score=score)
+    r = store.ratio
+    if (p + 1) % r == 0:
+        first = p + 1 - store.span
+        cells = torch.arange(max(first, 0), p + 1) % raw.capacity  # held: capacity >= span + ratio
+        feats = [raw.data[n][slot, cells] for n in ("kv", "score")]
+        if first < 0:  # the overlapping span of block 0 reaches before the sequence start
+            feats = [torch.cat([f.new_zeros(-first, f.shape[-1]), f]) for f in feats]
+        blocks = torch.arange(p // r, p // r + 1)
+        store.store(slot, blocks, cache._pool(comp, blocks, feats[0].unsqueeze(0), feats[1].unsqueeze(0)))
+    n = int(store.count[slot])
+    return store.entries[slot, :n] if n else None

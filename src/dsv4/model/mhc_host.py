@@ -1,0 +1,101 @@
+"""One-token mHC coefficients on the host (single-stream decode on CPU).
+
+A decode step of one sequence runs 2 L hyper-connections on one token each. Their
+coefficients are a handful of numbers (n^2 + 2n): as tensor ops they cost ~100 kernel
+launches per connection (the gates, the row softmax, 2 * iters Sinkhorn normalisations),
+which made mHC about a quarter of the decode step. Here one matmul (+ one dot product)
+leaves the device, the rest runs on Python floats (fp64: within fp32 rounding of the tensor
+path), and one small tensor comes back: (pre, post, comb transposed).
+
+Sinkhorn on n x n Python floats is straight-line code generated once per n (`_unrolled`):
+no lists built per normalisation, ~5x faster than list comprehensions and bit-identical
+to them (same sums in the same order). CPU only: `tolist` elsewhere is a device sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_UNROLLED: dict[int, object] = {}
+
+
+def _unrolled(n: int):
+    """f(rows: n x n list, iters, eps) -> n x n list: DeepSeek's Sinkhorn after the row softmax
+    (+ eps): one column normalisation, then (iters - 1) rounds of row and column ones, eps in
+    every denominator, each sum left to right like Python's `sum`."""
+    fn = _UNROLLED.get(n)
+    if fn is not None:
+        return fn
+    a = [[f"a{i}_{j}" for j in range(n)] for i in range(n)]
+
+    def normalise(groups: list[list[str]], indent: str) -> list[str]:
+        lines = []
+        for g in groups:
+            lines.append(f"{indent}s = {' + '.join(g)} + eps")
+            lines += [f"{indent}{v} /= s" for v in g]
+        return lines
+
+    rows, cols = a, [list(c) for c in zip(*a, strict=True)]
+    src = ["def sinkhorn(m, iters, eps):",
+           "    (" + "".join(f"({', '.join(r)},), " for r in rows) + ") = m"]
+    src += normalise(cols, "    ")
+    src += ["    for _ in range(iters - 1):"] + normalise(rows, "        ") + normalise(cols, "        ")
+    src += ["    return [" + ", ".join(f"[{', '.join(r)}]" for r in rows) + "]"]
+    scope: dict = {}
+    exec("\n".join(src), scope)  # noqa: S102 -- our own generated source, no input involved
+    fn = _UNROLLED[n] = scope["sinkhorn"]
+    return fn
+
+
+def softmax_rows(m: list[list[float]], eps: float) -> list[list[float]]:
+    """Row softmax (max subtracted) + eps of an n x n list."""
+    out = []
+    for r in m:
+        top = max(r)
+        e = [math.exp(v - top) for v in r]
+        s = sum(e)
+        out.append([v / s + eps for v in e])
+    return out
+
+
+def sinkhorn_lists(logits: list[list[float]], iters: int, eps: float) -> list[list[float]]:
+    """Sinkhorn of one n x n matrix of logits given as Python lists."""
+    return _unrolled(len(logits))(softmax_rows(logits, eps), iters, eps)
+
+
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+def _gate_params(hc) -> tuple[list[float], list[float]]:
+    """(alpha, bias) of a HyperConnection as floats, re-read only when the parameters change
+    (an optimizer step bumps their version counters)."""
+    key = (hc.alpha.data_ptr(), hc.alpha._version, hc.bias.data_ptr(), hc.bias._version)
+    cached = getattr(hc, "_host_gate_params", None)
+    if cached is None or cached[0] != key:
+        cached = (key, hc.alpha.float().tolist(), hc.bias.float().tolist())
+        hc._host_gate_params = cached
+    return cached[1], cached[2]
+
+
+def one_token_coefficients(hc, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pre [1, 1, n], post [1, n, 1], comb^T [1, n, n]) fp32 for the streams xs [1, n, d] of
+    one token: mHC eq. 7-8 (the RMS-normalised phi map, the gates, Sinkhorn) as
+    `HyperConnection`'s tensor path computes them."""
+    n = hc.n
+    flat = xs.reshape(1, -1)
+    raw = F.linear(flat, hc.phi.to(flat.dtype)).float()[0].tolist()
+    f32 = flat.float()
+    rstd = 1.0 / math.sqrt(float(torch.dot(f32[0], f32[0])) / flat.shape[1] + hc.norm_eps)
+    alpha, bias = _gate_params(hc)
+    z = [v * rstd for v in raw]
+    pre = [_sigmoid(z[i] * alpha[0] + bias[i]) + hc.eps for i in range(n)]
+    post = [2.0 * _sigmoid(z[n + i] * alpha[1] + bias[n + i]) for i in range(n)]
+    res = [[z[2 * n + i * n + j] * alpha[2] + bias[2 * n + i * n + j] for j in range(n)] for i in range(n)]
+    comb = res if hc.unconstrained else sinkhorn_lists(res, hc.iters, hc.eps)
+    comb_t = [v for col in zip(*comb, strict=True) for v in col]  # out_k sums over comb's FIRST index
+    t = torch.tensor(pre + post + comb_t, dtype=torch.float32)
+    return t[:n].view(1, 1, n), t[n:2 * n].view(1, n, 1), t[2 * n:].view(1, n, n)
