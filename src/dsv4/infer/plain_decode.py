@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dsv4.infer.cache import DenseStore
+from dsv4.infer.prepack import in_out_layout
 from dsv4.model.ffn import FeedForward, swiglu
 from dsv4.model.rope import apply_rope
 
@@ -56,9 +57,13 @@ class PlainDecoder:
 
     def _pack(self) -> None:
         def w(*linears):  # one GEMV for several projections of the same input
-            if len(linears) == 1:  # no copy unless the dtype changes
-                return linears[0].weight.detach().to(self.wdt)
-            return torch.cat([lin.weight.detach() for lin in linears]).to(self.wdt)
+            if len(linears) == 1:  # no copy unless the dtype or layout changes
+                out = linears[0].weight.detach().to(self.wdt)
+            else:
+                out = torch.cat([lin.weight.detach() for lin in linears]).to(self.wdt)
+            # fp32 GEMVs stream [in, out] storage ~1.9x faster on our CPU (prepack.py); bf16
+            # ones are faster in the standard [out, in] layout, so those stay as they are
+            return in_out_layout(out) if self.wdt == torch.float32 else out.contiguous()
 
         m = self.model
         self.layers = [(b.attn_norm.weight.detach(), w(b.attn.wq, b.attn.wk, b.attn.wv), w(b.attn.wo),

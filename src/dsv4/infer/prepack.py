@@ -22,6 +22,11 @@ import torch
 from torch import nn
 
 
+def in_out_layout(w: torch.Tensor) -> torch.Tensor:
+    """`w` [out, in] with its storage laid out [in, out] (same shape and values)."""
+    return w.t().contiguous().t()
+
+
 @torch.no_grad()
 def prepack_weights(model: nn.Module) -> int:
     """Store the matmul weights of `model` (every `weight` of nn.Linear, the routed experts
@@ -41,6 +46,6 @@ def prepack_weights(model: nn.Module) -> int:
         if id(p) in seen or p.dim() != 2 or not p.is_contiguous() or 1 in p.shape:
             continue
         seen.add(id(p))
-        p.data = p.data.t().contiguous().t()
+        p.data = in_out_layout(p.data)
         n += 1
     return n
