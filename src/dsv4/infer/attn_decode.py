@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from dsv4.model.indexer import _relu_
+from dsv4.model.indexer import head_scores
 from dsv4.model.rope import apply_rope
 
 HOST_TOPK_MAX = 1024  # up to this many blocks the one query's top-k is a host sort (~N log N floats)
@@ -93,16 +93,13 @@ def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor 
 
 def _pick(indexer, x, qr, keys, freqs) -> list[int]:
     """`Indexer.select` for one query that sees all N > k blocks: the index scores with the
-    same ops and order as its inner loop (so the same fp32 values), the top-k (value
+    same `head_scores` as its inner loop (so the same fp32 values), the top-k (value
     descending, ties earliest first, as `topk_earliest`) on the host."""
     q, w = indexer._queries(x, qr, freqs)  # [1, 1, H, d], [1, 1, H]
     w = w[0].float() * indexer.weight_scale  # [1, H]
     H, N = indexer.n_heads, keys.shape[0]
-    dots = _relu_(torch.matmul(q[0].reshape(-1, indexer.head_dim), keys.to(q.dtype).t())).view(1, H, N)
-    acc = dots[:, 0] * w[:, :1]
-    for h in range(1, H):
-        acc.addcmul_(dots[:, h], w[:, h:h + 1])
-    v = acc[0].tolist()
+    dots = torch.matmul(q[0].reshape(-1, indexer.head_dim), keys.to(q.dtype).t()).view(1, H, N)
+    v = head_scores(dots, w)[0].tolist()
     return sorted(range(N), key=lambda i: (-v[i], i))[:indexer.topk]
 
 

@@ -99,13 +99,20 @@ class Indexer(nn.Module):
                 e = min(s + step, T)
                 # all heads in one matmul (one packing of the keys), then the fp32 weighted sum
                 dots = torch.matmul(q[b, s:e].reshape(-1, self.head_dim), kt[b]).view(e - s, H, N)
-                acc = _SCORE.get("fn", _head_scores)(dots, w[b, s:e])
+                acc = head_scores(dots, w[b, s:e])
                 tail = ends[b, lo:]
                 vis = (tail >= 0) & (tail <= q_pos[b, s:e].unsqueeze(1))
                 acc[:, lo:].masked_fill_(~vis, float("-inf"))
                 vals, idx[b, s:e] = topk_earliest(acc, k)
                 ok[b, s:e] = vals > float("-inf")
         return idx, ok
+
+
+def head_scores(dots: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The index scores of a block of queries from their per-head dots [r, H, N] and head
+    weights w [r, H] -> [r, N] fp32, eager or compiled (`set_score_compile`). Every inference
+    path (`select`, the one-token decode pick) goes through here, so all pick on equal bits."""
+    return _SCORE.get("fn", _head_scores)(dots, w)
 
 
 def _head_scores(dots: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
