@@ -313,6 +313,11 @@ def set_compile(enabled: bool) -> None:
         _COMPILED["head"] = torch.compile(_stream_head)
 
 
+def compile_enabled() -> bool:
+    """Whether `set_compile` is on (Engram's per-stream gate and conv follow it too)."""
+    return bool(_COMPILED)
+
+
 if os.environ.get("DSV4_MHC_COMPILE") == "1":
     set_compile(True)
 
