@@ -63,3 +63,37 @@ def test_fused_engram_matches_eager(compiled, hc_mult):
     for name in ref[2]:
         assert _rel(got[2][name], ref[2][name]) < 3e-2, name
     assert got[3] == pytest.approx(ref[3], rel=1e-3)
+
+
+def _run_hc(module, x, sublayer=None):
+    x = x.clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x) if sublayer is None else module(x, sublayer)
+    weight = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    (out.float() * weight).sum().backward()
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_fused_hyper_connection_matches_eager(compiled, head):
+    cfg = make_config("baseline", **SMALL, hc_mult=4)
+    torch.manual_seed(0)
+    module = (mhc.HyperHead if head else mhc.HyperConnection)(cfg)
+    with torch.no_grad():  # away from the init, where every gate is at its symmetric point
+        module.phi.normal_(0.0, 0.5)
+        module.alpha.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.5)
+    lin = torch.nn.Linear(cfg.dim, cfg.dim)  # a sublayer whose gradient depends on its input
+    sub = None if head else (lambda h: torch.tanh(lin(h)))
+    x = torch.randn(3, 20, 4, cfg.dim).to(torch.bfloat16)
+    ref = _run_hc(module, x, sub)
+    lin.zero_grad()
+    compiled(True)
+    got = _run_hc(module, x, sub)
+    assert got[0].dtype == ref[0].dtype and got[0].shape == ref[0].shape
+    assert _rel(got[0], ref[0]) < 1e-2
+    assert _rel(got[1], ref[1]) < 2e-2
+    assert got[2].keys() == ref[2].keys() == {"phi", "alpha", "bias"}
+    for name in ref[2]:
+        assert _rel(got[2][name], ref[2][name]) < 3e-2, name
