@@ -8,8 +8,9 @@ into one loop over the tokens, and autograd never traces through them, so the ba
 the hand-derived one below rather than whatever AOTAutograd makes of the plain ops.
 
     pre  (_StreamPre):  raw = vec(x) phi^T (bf16 matmul);  rstd, gates, h = sum_j pre_j x_j  (1 kernel)
-         backward:      g_pre = <x_j, g_h>, gate/rstd grads (1 kernel);  g_raw^T vec(x), g_raw phi
-                        (bf16 matmuls);  g_x = g_post_x + pre_j g_h + g_raw phi - c x  (1 kernel)
+         backward:      g_pre = <x_j, g_h>, gate/rstd grads (1 kernel);  g_phi = g_raw^T vec(x)
+                        (bf16 matmul);  g_x = g_post_x + pre_j g_h - c x  (1 kernel, in place in
+                        the post pass's gradient buffer);  g_x += g_raw phi  (in-place bf16 addmm)
     post (_StreamPost): out_k = post_k y + sum_j comb[j, k] x_j  (1 kernel)
          backward:      g_x_j = sum_k comb[j, k] g_k, g_y, g_post, g_comb  (1 kernel)
 
@@ -81,11 +82,12 @@ def _pre_bwd_gates(x, g_h, raw, rstd, alpha, bias, g_post, g_res, n: int, eps: f
     return g_raw.to(x.dtype), c, g_alpha, g_z.sum(0)
 
 
-def _pre_bwd_x(x, g_h, w_mm, w, c, g_post_x):
-    """g_x = g_post_x + w_j g_h + w_mm - c x in x's dtype, with w_mm = g_raw phi [N, nD] (a bf16
-    matmul: ~2.5x faster than the rank-m product written into this loop)."""
-    g = g_post_x.float() + w.unsqueeze(-1) * g_h.float().unsqueeze(-2) - c.unsqueeze(-1) * x.float()
-    return (g + w_mm.float().view(x.shape)).to(x.dtype)
+def _pre_bwd_x(x, g_h, w, c, g_x):
+    """g_x += w_j g_h - c x, in place (g_x in x's dtype: the post pass's share of the gradient).
+    The phi term g_raw phi is added after this by an in-place bf16 addmm: no [N, nD] buffer
+    is allocated for it or for the sum (fresh large buffers cost page faults on CPU)."""
+    g = g_x.float() + w.unsqueeze(-1) * g_h.float().unsqueeze(-2) - c.unsqueeze(-1) * x.float()
+    g_x.copy_(g.to(g_x.dtype))
 
 
 def _post_fwd(x, comb, post, y):
@@ -132,11 +134,11 @@ class _StreamPre(torch.autograd.Function):
         g_raw, c, g_alpha, g_bias = _kernel("pre_bwd_gates")(x, g_h, raw, rstd, alpha, bias, g_post,
                                                              g_res, n, eps, head)
         g_phi = (g_raw.t() @ x.view(x.shape[0], -1)).to(phi.dtype)
-        g_post_x = link.pop("g_x", None) if link is not None else None  # _StreamPost's share
-        if g_post_x is None:
-            g_post_x = torch.zeros((), dtype=x.dtype, device=x.device).expand(x.shape)
-        w_mm = g_raw @ phi.to(x.dtype)
-        g_x = _kernel("pre_bwd_x")(x, g_h, w_mm, w, c, g_post_x)
+        g_x = link.pop("g_x", None) if link is not None else None  # _StreamPost's share (ours now)
+        if g_x is None:
+            g_x = torch.zeros_like(x)
+        _kernel("pre_bwd_x")(x, g_h, w, c, g_x)
+        g_x.view(x.shape[0], -1).addmm_(g_raw, phi.to(x.dtype))
         return g_x, g_phi, g_alpha.to(alpha.dtype), g_bias.to(bias.dtype), None, None, None, None, None
 
 
