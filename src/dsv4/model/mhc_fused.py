@@ -111,8 +111,10 @@ _KERNELS = {"pre_fwd": _pre_fwd, "pre_bwd_gates": _pre_bwd_gates, "pre_bwd_x": _
 
 
 @functools.cache
-def _kernel(name: str):
-    return torch.compile(_KERNELS[name], dynamic=False)
+def _kernel(name: str, head: bool = False):
+    """The compiled kernel `name`; HyperHead's (m = n weights, no post/comb) compiles separately,
+    so that a first shape change (another token count) is what makes a kernel dynamic."""
+    return torch.compile(_KERNELS[name])
 
 
 class _StreamPre(torch.autograd.Function):
@@ -122,7 +124,7 @@ class _StreamPre(torch.autograd.Function):
     def forward(ctx, x, phi, alpha, bias, n, eps, norm_eps, head, link):
         flat = x.view(x.shape[0], -1)
         raw = flat @ phi.to(x.dtype).t()  # bf16 under autocast: the stream's dtype
-        h, w, post, res, rstd = _kernel("pre_fwd")(x, raw, alpha, bias, n, eps, norm_eps, head)
+        h, w, post, res, rstd = _kernel("pre_fwd", head)(x, raw, alpha, bias, n, eps, norm_eps, head)
         ctx.save_for_backward(x, phi, alpha, bias, raw, rstd, w)
         ctx.args = (n, eps, head, link)
         return h if head else (h, post, res)
@@ -131,13 +133,13 @@ class _StreamPre(torch.autograd.Function):
     def backward(ctx, g_h, g_post=None, g_res=None):  # unused outputs get zero grads (materialised)
         x, phi, alpha, bias, raw, rstd, w = ctx.saved_tensors
         n, eps, head, link = ctx.args
-        g_raw, c, g_alpha, g_bias = _kernel("pre_bwd_gates")(x, g_h, raw, rstd, alpha, bias, g_post,
+        g_raw, c, g_alpha, g_bias = _kernel("pre_bwd_gates", head)(x, g_h, raw, rstd, alpha, bias, g_post,
                                                              g_res, n, eps, head)
         g_phi = (g_raw.t() @ x.view(x.shape[0], -1)).to(phi.dtype)
         g_x = link.pop("g_x", None) if link is not None else None  # _StreamPost's share (ours now)
         if g_x is None:
             g_x = torch.zeros_like(x)
-        _kernel("pre_bwd_x")(x, g_h, w, c, g_x)
+        _kernel("pre_bwd_x", head)(x, g_h, w, c, g_x)
         g_x.view(x.shape[0], -1).addmm_(g_raw, phi.to(x.dtype))
         return g_x, g_phi, g_alpha.to(alpha.dtype), g_bias.to(bias.dtype), None, None, None, None, None
 
