@@ -4,10 +4,12 @@ One training step = bf16-autocast forward + loss + backward + AdamW step (the sh
 `dsv4 train pretrain`). The two models are timed in interleaved order (A B A B ...) so
 that load from other processes on a shared machine hits both alike; the ratio of the
 median step times is reported. The paper reports 1.067 with fused GPU kernels; unfused
-public ports run ~1.5x. By default only the mHC stream mixing is compiled
-(`dsv4.model.mhc.set_compile`, ~1 min of compiling; both models otherwise eager, the
-baseline's residual is a bare add); `--no-compile-hc` measures the eager hand-written
-autograd path; `--compile` wraps both whole models in torch.compile (very slow to compile here).
+public ports run ~1.5x. By default the fused stream path is on (`dsv4.model.mhc.set_compile`:
+mhc_fused.py's autograd Functions over compiled loops for the mHC passes, and Engram's
+per-stream gate and conv, which both models use; ~1-2 min of compiling; both models otherwise
+eager, the baseline's residual is a bare add); `--no-compile-hc` measures the eager
+hand-written autograd path; `--compile` wraps both whole models in torch.compile (very slow
+to compile here).
 Under bf16 autocast the mHC streams are bf16 between layers (mhc.py), the baseline's
 residual is fp32 (the embedding's dtype) as before.
 

@@ -207,10 +207,11 @@ def test_sinkhorn_fast_paths_match_the_reference(tokens):
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_hyper_connection_custom_autograd_matches_plain_ops(monkeypatch, autocast):
-    # The eager path (hand-written backward for the stream passes) against the plain-op form
-    # that torch.compile fuses (autograd through ordinary ops): same outputs and gradients,
-    # for a hyper-connection followed by the collapsing HyperHead.
-    from dsv4.model import mhc
+    # The eager path (hand-written backward for the stream passes) against the fused path of
+    # mhc_fused.py (other hand-written backwards; its kernels run uncompiled here, so this
+    # checks the maths without compiling): same outputs and gradients, for a
+    # hyper-connection followed by the collapsing HyperHead.
+    from dsv4.model import mhc, mhc_fused
     torch.manual_seed(0)
     cfg = build_model("baseline", n_layers=1, hc_mult=4, dim=64).config
     hc, head = HyperConnection(cfg), HyperHead(cfg)
@@ -234,8 +235,8 @@ def test_hyper_connection_custom_autograd_matches_plain_ops(monkeypatch, autocas
         return [y.detach(), z.detach(), x.grad, *grads]
 
     eager = run()
-    monkeypatch.setattr(mhc, "_COMPILED", {"pre": mhc._stream_pre, "post": mhc._stream_post,
-                                           "head": mhc._stream_head})
+    monkeypatch.setattr(mhc_fused, "_kernel", lambda name, head=False: mhc_fused._KERNELS[name])
+    monkeypatch.setattr(mhc, "_COMPILED", {"pre": mhc_fused.stream_pre, "post": mhc_fused.stream_post})
     plain = run()
     for a, b in zip(eager, plain, strict=True):
         # bf16 streams (autocast): the two sum in different orders before the final rounding

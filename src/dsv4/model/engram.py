@@ -24,6 +24,7 @@ and the conv at 0, so at init Y = U exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -32,6 +33,7 @@ from torch import nn
 
 from dsv4.config import ModelConfig
 from dsv4.errors import UserError
+from dsv4.model import mhc
 from dsv4.model.engram_hash import compression_map, engram_addresses, engram_multipliers, engram_primes
 from dsv4.model.engram_store import make_table_store
 from dsv4.model.moe import _building_on_meta
@@ -94,12 +96,27 @@ class Engram(nn.Module):
         h = x.unsqueeze(2) if single else x
         if rows is None:
             rows = self.addresses(ctx.ids)
-        alpha, u = self.gated_value(h, self.retrieve(rows))
-        y = self._short_conv(u) + u
+        if mhc.compile_enabled():  # the per-stream passes as one fused (compiled) function
+            alpha, out = self._fused_forward(h, self.retrieve(rows))
+        else:
+            alpha, u = self.gated_value(h, self.retrieve(rows))
+            out = h + (self._short_conv(u) + u).to(h.dtype)
         if ctx is not None and self.training and not torch.compiler.is_compiling():  # logging only
             ctx.stats[f"engram_gate_l{self.layer_id}"] = alpha.detach().mean()
-        out = h + y.to(h.dtype)
         return out.squeeze(2) if single else out
+
+    def _fused_forward(self, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate alpha, h + Y): the same maths as the eager path with the per-stream elementwise
+        passes fused by torch.compile (norms and gate; SiLU and the sums) around an fp32 conv
+        (`_CausalConv`), ~4x less time than the eager path at n = 4."""
+        B, T, n, D = h.shape
+        key, value = self.key_proj(e), self.value_proj(e)  # the projections stay autocast matmuls
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            alpha, u, z = _compiled("gate")(h, key.view(B, T, n, D), value, self.query_norm,
+                                            self.key_norm, self.conv_norm, self.eps)
+            taps = self.conv_weight.view(n, D, self.kernel_size).permute(2, 0, 1)  # [k, n, D]
+            conv = _CausalConv.apply(z, taps.float(), self.dilation)
+            return alpha, _compiled("silu_add")(h, conv, u)
 
     def gated_value(self, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Streams h [B, T, n, D], memory e [B, T, engram_dim] -> (gate alpha [B, T, n],
@@ -130,6 +147,80 @@ class Engram(nn.Module):
             z = z.to(w.dtype)
         z = F.silu(F.conv1d(z, w, dilation=self.dilation, groups=C))
         return z.transpose(1, 2).reshape(z.shape[0], z.shape[2], self.n_streams, self.dim).float()
+
+
+def _gate_norm(h, key, value, query_norm, key_norm, conv_norm, eps: float):
+    """Plain-op gate and conv input of Engram.gated_value + _short_conv, for torch.compile.
+
+    h, key [B, T, n, D], value [B, T, D] -> (alpha [B, T, n], U, RMSNorm(U) [B, T, n, D]), fp32.
+    """
+    D = h.shape[-1]
+    rms = functools.partial(F.rms_norm, normalized_shape=(D,), eps=eps)
+    q = rms(h.float()) * query_norm.float().view(-1, D)
+    s = (q * rms(key.float()) * key_norm.float().view(-1, D)).sum(-1) / math.sqrt(D)
+    alpha = torch.sigmoid(torch.sign(s) * s.abs().clamp_min(1e-6).sqrt())
+    u = alpha.unsqueeze(-1) * value.float().unsqueeze(2)
+    return alpha, u, rms(u) * conv_norm.float().view(-1, D)
+
+
+def _silu_add(h, conv, u):
+    """h + SiLU(conv) + U in h's dtype (the residual add of Engram.forward), for torch.compile."""
+    return (h.float() + F.silu(conv) + u).to(h.dtype)
+
+
+def _shifted(z, s: int, T: int):
+    """z delayed by s steps along dim 1 (zeros first): z[t - s]; for s < 0 advanced: z[t + |s|]."""
+    pad = (s, 0) if s >= 0 else (0, -s)
+    zp = F.pad(z, (0, 0) * (z.dim() - 2) + pad)
+    return zp[:, :T] if s >= 0 else zp[:, -s:]
+
+
+def _conv_fwd(z, taps, dilation: int):
+    """out[t] = sum_i taps[i] z[t - (k-1-i) * dilation] (fp32), one fused loop when compiled."""
+    k, T = taps.shape[0], z.shape[1]
+    out = z * taps[k - 1]
+    for i in range(k - 1):
+        out = out + _shifted(z, (k - 1 - i) * dilation, T) * taps[i]
+    return out
+
+
+def _conv_bwd(g, z, taps, dilation: int):
+    """(dL/dz, dL/dtaps) of `_conv_fwd`: the same conv run backwards in time, and per tap a
+    sum over (batch, time) of the gradient times the shifted input (on plain slices)."""
+    k, T = taps.shape[0], z.shape[1]
+    g_z = g * taps[k - 1]
+    g_taps = [None] * k
+    g_taps[k - 1] = (g * z).sum(dim=(0, 1))
+    for i in range(k - 1):
+        s = (k - 1 - i) * dilation
+        g_z = g_z + _shifted(g, -s, T) * taps[i]
+        g_taps[i] = (g[:, s:] * z[:, :T - s]).sum(dim=(0, 1))
+    return g_z, torch.stack(g_taps)
+
+
+class _CausalConv(torch.autograd.Function):
+    """Causal dilated depthwise conv over time on z [B, T, C...] with taps [k, C...] (F.conv1d's
+    cross-correlation over the left-padded input), forward and backward each one compiled
+    function. Autograd through the shifts inside a larger compiled graph made inductor emit
+    a masked reduction for the taps' gradient ~5x slower than this whole conv."""
+
+    @staticmethod
+    def forward(ctx, z, taps, dilation):
+        ctx.save_for_backward(z, taps)
+        ctx.dilation = dilation
+        return _compiled("conv_fwd")(z, taps, dilation)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, taps = ctx.saved_tensors
+        g_z, g_taps = _compiled("conv_bwd")(g, z, taps, ctx.dilation)
+        return g_z, g_taps, None
+
+
+@functools.cache
+def _compiled(name: str):
+    fns = {"gate": _gate_norm, "silu_add": _silu_add, "conv_fwd": _conv_fwd, "conv_bwd": _conv_bwd}
+    return torch.compile(fns[name])
 
 
 @torch.no_grad()

@@ -251,60 +251,31 @@ def _stream_mixes(x, phi, norm_eps: float):
     return (flat @ phi.to(x.dtype).t()).float() * rstd
 
 
-def _stream_sum(x, w):
-    """Plain-op sum_j w_j x_j for streams x [..., n, D] and weights w [..., n], in x's dtype."""
-    h = w[..., 0:1] * x[..., 0, :].float()
-    for j in range(1, x.shape[-2]):
-        h = h + w[..., j:j + 1] * x[..., j, :].float()
-    return h.to(x.dtype)
-
-
-def _stream_pre(x, phi, alpha, bias, n: int, eps: float, norm_eps: float):
-    """Plain-op form of the pre-mix, for torch.compile to fuse: (h = H_pre x, post, comb logits).
-
-    Same maths as _RMSMix + _gates + _PreMix; inductor turns the RMS, the gates and the
-    n-term sum into a few loops over the stream (forward and backward). h comes out in the
-    stream's dtype. Sinkhorn stays outside: its hand-written backward is ~2x faster than
-    what inductor makes of the unrolled normalisations.
-    """
-    pre, post, res = _gates(_stream_mixes(x, phi, norm_eps), alpha, bias, n, eps)
-    return _stream_sum(x, pre), post, res
-
-
 def _head_weights(mixes, alpha, bias, eps: float):
     """HyperHead's collapse weights from its raw mixes [..., n]: sigmoid(alpha m + b) + eps."""
     return torch.sigmoid(mixes * alpha.float() + bias.float()) + eps
-
-
-def _stream_head(x, phi, alpha, bias, eps: float, norm_eps: float):
-    """Plain-op form of HyperHead.forward (sigmoid-weighted collapse), for torch.compile."""
-    return _stream_sum(x, _head_weights(_stream_mixes(x, phi, norm_eps), alpha, bias, eps))
-
-
-def _stream_post(x, comb, post, y):
-    """Plain-op form of _PostRes (comb applied transposed), for torch.compile to fuse."""
-    out = post.unsqueeze(-1) * y.unsqueeze(-2).float()
-    for j in range(x.shape[-2]):
-        out = out + comb[..., j, :, None] * x[..., j, None, :].float()
-    return out.to(x.dtype)
 
 
 _COMPILED: dict[str, object] = {}
 
 
 def set_compile(enabled: bool) -> None:
-    """Run the stream mixing of every HyperConnection and HyperHead through torch.compile.
-
-    Inductor fuses the passes over the n-times-wider stream into one C++/Triton loop each
-    (forward and backward) around the phi matmul (~3x less time per hyper-connection on
-    CPU). Off by default: compiling costs ~30-60 s per shape, too much for tests and short
-    runs (benchmarks/mhc_overhead.py turns it on). Also on with DSV4_MHC_COMPILE=1.
+    """Run the stream passes of every HyperConnection and HyperHead (and Engram's per-stream
+    gate and conv) through the fused path of mhc_fused.py: autograd Functions whose forward
+    and backward are bf16 matmuls plus torch.compile'd loops over the stream. Off by
+    default: compiling costs ~1 min per shape, too much for tests and short runs
+    (benchmarks/mhc_overhead.py turns it on). Also on with DSV4_MHC_COMPILE=1.
     """
     _COMPILED.clear()
     if enabled:
-        _COMPILED["pre"] = torch.compile(_stream_pre)
-        _COMPILED["post"] = torch.compile(_stream_post)
-        _COMPILED["head"] = torch.compile(_stream_head)
+        from dsv4.model import mhc_fused  # imports this module: loaded on first use
+
+        _COMPILED["pre"], _COMPILED["post"] = mhc_fused.stream_pre, mhc_fused.stream_post
+
+
+def compile_enabled() -> bool:
+    """Whether `set_compile` is on (Engram's per-stream gate and conv follow it too)."""
+    return bool(_COMPILED)
 
 
 if os.environ.get("DSV4_MHC_COMPILE") == "1":
@@ -435,16 +406,18 @@ class HyperConnection(nn.Module):
         return out.reshape(x.shape).to(x.dtype)
 
     def _forward_compiled(self, x: torch.Tensor, sublayer, ctx=None) -> torch.Tensor:
-        x = x.contiguous()  # one layout for every call: one compiled graph, not one per stride
+        lead, (n, d) = x.shape[:-2], x.shape[-2:]
+        xs = x.reshape(-1, n, d).contiguous()  # the expanded embedding has stride 0
+        link: dict = {}  # the post pass hands its x-gradient to the pre pass (mhc_fused._StreamPost)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h, post, res = _COMPILED["pre"](x, self.phi, self.alpha, self.bias,
-                                            self.n, self.eps, self.norm_eps)
+            h, post, res = _COMPILED["pre"](xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps,
+                                            link=link)
             comb = self._project(res)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
-            ctx.hc_record.append(comb[0].detach())
-        y = sublayer(h)
+            ctx.hc_record.append(comb.reshape(*lead, n, n)[0].detach())  # first sequence only
+        y = sublayer(h.reshape(*lead, d))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return _COMPILED["post"](x, comb, post, y)
+            return _COMPILED["post"](xs, comb, post, y.reshape(-1, d), link).reshape(x.shape)
 
 
 class PlainResidual(nn.Module):
@@ -487,8 +460,12 @@ class HyperHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _COMPILED:
+            n, d = x.shape[-2:]
+            xs = x.to(_compute_dtype(x)).reshape(-1, n, d).contiguous()
             with torch.autocast(device_type=x.device.type, enabled=False):
-                return _COMPILED["head"](x, self.phi, self.alpha, self.bias, self.eps, self.norm_eps)
+                out = _COMPILED["pre"](xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps,
+                                       head=True)
+            return out.reshape(*x.shape[:-2], d)
         if not torch.is_grad_enabled():  # inference: plain ops, one batched product for the sum
             return self._forward_nograd(x)
         w = _head_weights(_rms_mix(x, self.phi, self.norm_eps), self.alpha, self.bias, self.eps)
