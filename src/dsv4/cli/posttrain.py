@@ -70,6 +70,9 @@ def register_stages(tsub) -> None:
                    help="DAPO dynamic sampling: up to this many sampling rounds per step, keeping only "
                    "groups with reward variance (default 1: off)")
     r.add_argument("--sandbox-batch", type=int, default=1, help="completions per sandboxed interpreter")
+    r.add_argument("--task-sampling", default="uniform", choices=["uniform", "learnability"],
+                   help="draw task families uniformly, or more from those whose groups still have "
+                   "reward variance")
     _common(r)
     r.set_defaults(func=_rl)
 
@@ -144,7 +147,8 @@ def _rl(args) -> int:
                    eps_low=args.eps_low, eps_high=args.eps_high, std_norm=not args.no_std_norm,
                    loss_agg=args.loss_agg, think=not args.no_think,
                    difficulty_min=args.difficulty[0], difficulty_max=args.difficulty[1],
-                   sample_rounds=args.sample_rounds, sandbox_batch=args.sandbox_batch)
+                   sample_rounds=args.sample_rounds, sandbox_batch=args.sandbox_batch,
+                   task_sampling=args.task_sampling)
     s = rl(_apply(cfg, args))
     print(f"step {s['step']}, mean reward {s['mean_reward'] or 0:.3f}, "
           f"mean pass rate {s['mean_pass_rate'] or 0:.3f} -> {s['checkpoint']}")
