@@ -254,3 +254,30 @@ def test_learnability_stream_draws_the_families_with_signal_and_resumes():
     a = [stream.next()[0].task_id for _ in range(10)]
     again = task_stream(tok, cfg, 10_000, {"stream": state})
     assert again.consumed == 80 and [again.next()[0].task_id for _ in range(10)] == a
+
+
+@pytest.mark.slow
+def test_rl_run_with_dynamic_sampling_and_learnability_stream_resumes(tmp_path):
+    """A real (tiny, untrained) policy never passes, so no group has reward spread: dynamic
+    sampling samples every round it is allowed and skips the update; the learnability
+    stream's position survives a resume."""
+    from dsv4.tasks import STARTER_FAMILIES
+    from dsv4.train import checkpoint as ck
+    from dsv4.train.pretrain import pretrain
+    from dsv4.train.rl import rl
+    from helpers_train import build_small_data, tiny_config
+
+    data = build_small_data(tmp_path / "data")
+    pretrain(tiny_config(tmp_path / "pre", data, max_steps=1, eval_every=0, save_every=0,
+                         overrides={"max_seq_len": 384}))
+    kw = dict(out_dir=str(tmp_path / "rl"), init=str(tmp_path / "pre"), group_size=2, tasks_per_step=2,
+              max_new_tokens=8, sample_rounds=3, task_sampling="learnability", think=False, threads=1,
+              families=list(STARTER_FAMILIES), difficulty_max=2, save_every=1, progress=False)
+    rl(RLConfig(max_steps=1, **kw))
+    log = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["sample_rounds"] == 3 and log[0]["groups_sampled"] == 6 and "loss" not in log[0]
+    first = ck.read_train_state(ck.latest_checkpoint(tmp_path / "rl"))["stream"]
+    assert sum(first["counts"].values()) == 6
+    rl(RLConfig(max_steps=2, resume=True, **kw))
+    state = ck.read_train_state(ck.latest_checkpoint(tmp_path / "rl"))
+    assert state["step"] == 2 and sum(state["stream"]["counts"].values()) == 12

@@ -17,7 +17,9 @@ distillation's step count and the evaluation by counts (tasks, tokens), their ti
 from the reserve. SFT, RL and the held-out evaluation use the starter task families
 (dsv4.tasks.STARTER_FAMILIES: one-line templates around a constant from the docstring),
 the problems a model trained for minutes can learn to solve; the held-out instances are a
-disjoint part of the same families (dsv4.tasks.generate).
+disjoint part of the same families (dsv4.tasks.generate), the same number from each family
+(`heldout_per_family`), and pass@1 is the mean over samples at temperature 0.6 / top-p 0.95
+(DeepSeek-R1's protocol) with the greedy pass@1 beside it (dsv4.eval.tasks).
 """
 
 from __future__ import annotations

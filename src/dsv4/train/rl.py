@@ -10,6 +10,9 @@ of each with the inference engine (one batched `Engine.generate`), then
     advantages, and the clipped (clip-higher) surrogate with optional k3 KL to the frozen
     init policy, DAPO token-level aggregation and truncated samples masked (grpo.py);
     groups whose rewards are all equal carry no signal and are dropped before the update;
+    with `sample_rounds` > 1 (DAPO dynamic sampling) more tasks are sampled in place of
+    those, and `task_sampling="learnability"` draws more tasks from the families whose
+    groups keep a reward spread (dsv4.train.curriculum);
   - distill: the teacher scores the student's tokens; `onpolicy_distill_loss`.
 One optimizer step per batch (so the importance ratio is 1 at the step and the clip is a
 guard, as in on-policy GRPO with mu = 1). Logs reward, pass rate, length, entropy and KL per
@@ -237,7 +240,7 @@ def _grpo_rollouts(model, tok, stream, cfg: RLConfig, rcfg, pool, end_id: int, s
     all_res, all_len, all_trunc, rounds = [], [], [], 0
     while rounds < max(1, cfg.sample_rounds):
         need = cfg.tasks_per_step - len(kept_prompts)
-        batch = [stream.next() for _ in range(need if cfg.sample_rounds > 1 else cfg.tasks_per_step)]
+        batch = [stream.next() for _ in range(need)]
         prompts = [p for _, p in batch]
         outs = sample_groups(model, tok, prompts, cfg, seed=cfg.seed * 7919 + step + 1_000_003 * rounds)
         rounds += 1
@@ -343,7 +346,8 @@ def rl(cfg: RLConfig) -> dict:
             if cfg.objective == "grpo":
                 prompts, comps, truncated, rewards, rec = _grpo_rollouts(model, tok, stream, cfg, rcfg, pool,
                                                                          end_id, step)
-                adv = group_advantages(rewards, G, cfg.std_norm)
+                # no group kept (dynamic sampling found no spread): no advantages, no update
+                adv = group_advantages(rewards, G, cfg.std_norm) if len(rewards) else rewards
                 keep = (adv.abs() > 1e-8).nonzero().flatten().tolist()
             else:
                 prompts = [p for _, p in (stream.next() for _ in range(cfg.tasks_per_step))]
@@ -364,6 +368,7 @@ def rl(cfg: RLConfig) -> dict:
                 if not math.isfinite(rec["loss"]):
                     raise RuntimeError(f"loss became {rec['loss']} at step {step + 1}; lower --lr")
             step += 1
+            # sample_s: the rollouts (sampling, and for GRPO scoring, all rounds)
             rec.update(lr=lrs.get("adamw", 0.0), sample_s=t_sample, step_s=time.perf_counter() - t0,
                        elapsed_s=elapsed())
             log.write(rec)
