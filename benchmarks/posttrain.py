@@ -6,9 +6,10 @@
 
 Reads DIR/summary.json (written by the quickstart) and writes
 benchmarks/results/posttrain.json with the headline numbers: held-out task pass@1 after SFT
-and after RL, validation loss of the distilled lite model and of a lite model trained from
-scratch on the same compute, and the lite/flagship single-stream decode speed ratio, plus
-the targets and whether each was met (reported as measured, met or not).
+and after RL (in the eval's protocol, `heldout_protocol`, and greedy), validation loss of the
+distilled lite model and of a lite model trained from scratch on the same compute, and the
+lite/flagship single-stream decode speed ratio, plus the targets and whether each was met
+(reported as measured, met or not).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def main() -> None:
         "command": args.command,
         "heldout_pass@1_sft": h["heldout_pass@1_sft"],
         "heldout_pass@1_rl": h["heldout_pass@1_rl"],
+        # the headline pass@1 follows the eval's protocol (below); greedy is always recorded too
+        "heldout_pass@1_greedy_sft": h.get("heldout_pass@1_greedy_sft"),
+        "heldout_pass@1_greedy_rl": h.get("heldout_pass@1_greedy_rl"),
+        "heldout_protocol": st["eval"]["heldout"]["rl"].get("protocol", "greedy"),
+        "heldout_per_family": st["eval"]["heldout"]["rl"].get("per_family"),
         "distill_val_loss": h["distill_val_loss"],
         "scratch_val_loss": h["scratch_val_loss"],
         "lite_vs_flagship_decode_speedup": h["lite_vs_flagship_decode_speedup"],
@@ -47,6 +53,8 @@ def main() -> None:
         "heldout_n": st["eval"]["heldout"]["rl"]["n"],
         # {family: [passed, n]} per model: which families the held-out set holds, where passes come from
         "heldout_by_family": {m: st["eval"]["heldout"][m].get("by_family") for m in ("sft", "rl")},
+        "heldout_by_family_greedy": {m: st["eval"]["heldout"][m].get("by_family_greedy")
+                                     for m in ("sft", "rl")},
         "steps": {k: st[k].get("step") for k in ("pretrain", "sft", "rl", "scratch")},
         "distill_steps": {k: (st["distill"].get(k) or {}).get("step") for k in ("offpolicy", "onpolicy")},
         "stage_min": _plan(args.run),

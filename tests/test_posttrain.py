@@ -190,3 +190,94 @@ def test_starter_family_task_sets_keep_to_their_families_and_split():
     train_keys = {(t.family, json.dumps(t.params, sort_keys=True)) for t in sft_tasks(n=3000, families=fams)}
     assert {t.family for t in held} <= set(fams)
     assert not train_keys & {(t.family, json.dumps(t.params, sort_keys=True)) for t in held}
+
+
+def test_balanced_heldout_weighs_every_family_alike_and_never_holds_a_train_instance():
+    """A fixed count per family (fewer only where a family's held-out part is smaller), where
+    the uniform stream lets the largest family fill most of the set; still held-out instances
+    only, disjoint from every train draw, and the same for the same seed."""
+    from collections import Counter
+
+    from dsv4.tasks import STARTER_FAMILIES, balanced_tasks, generate_tasks, split_of
+
+    fams = list(STARTER_FAMILIES)
+    easy = {"difficulty": (1, 2)}
+    stream = Counter(t.family for t in generate_tasks("heldout", 60, seed=0, families=fams, **easy))
+    assert max(stream.values()) > 30  # the skew the balanced set removes
+    tasks = balanced_tasks("heldout", 5, seed=0, families=fams, **easy)
+    counts = Counter(t.family for t in tasks)
+    assert max(counts.values()) == 5 and counts["remove_chars"] == 5
+    for fam in fams:  # short only where the family's held-out part has fewer instances
+        assert counts[fam] == min(5, len(generate_tasks("heldout", 5, families=[fam], **easy)))
+    assert all(t.split == "heldout" and split_of(t.family, t.params) == "heldout" for t in tasks)
+    key = lambda t: (t.family, json.dumps(t.params, sort_keys=True))
+    train = {key(t) for s in range(3) for t in generate_tasks("train", 400, seed=s, families=fams)}
+    assert not train & {key(t) for t in tasks}
+    assert [t.task_id for t in tasks] == [t.task_id for t in balanced_tasks("heldout", 5, 0, fams, **easy)]
+    # `accept` filters before counting
+    short = balanced_tasks("heldout", 3, 0, ["remove_chars"], accept=lambda t: len(t.params["chars"]) == 1)
+    assert len(short) == 3 and all(len(t.params["chars"]) == 1 for t in short)
+
+
+def test_dynamic_sampling_keeps_only_groups_with_reward_variance():
+    from dsv4.train.rl import signal_groups
+
+    r = torch.tensor([1.0, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0.5, 0.5, 0.5, 0.25])
+    assert signal_groups(r, 4) == [1, 3]  # all-pass and all-fail groups carry no advantage
+    assert signal_groups(torch.zeros(8), 4) == []
+
+
+def test_learnability_stream_draws_the_families_with_signal_and_resumes():
+    """Families whose groups keep reward variance get most of the draws, the rest keep a
+    floor; tasks stay train-split and unrepeated; the saved state resumes the same draws."""
+    from collections import Counter
+
+    from dsv4.data.tokenizer import Tokenizer
+    from dsv4.tasks import generate_tasks
+    from dsv4.train.curriculum import LearnableStream
+    from dsv4.train.rl import task_stream
+
+    fams = ["count_letter", "filter_dict", "remove_chars", "clamp_list"]
+    tok = Tokenizer.train([t.program for t in generate_tasks("train", 40)], 400)
+    cfg = RLConfig(init="x", max_steps=1, families=fams, difficulty_max=2, task_sampling="learnability")
+    stream = task_stream(tok, cfg, 10_000, None)
+    assert isinstance(stream, LearnableStream)
+    drawn = []
+    for _ in range(80):
+        task, _ = stream.next()
+        drawn.append(task)
+        stream.observe(task.family, task.family == "remove_chars")  # only it keeps a signal
+    late = Counter(t.family for t in drawn[40:])
+    assert late["remove_chars"] > 30 and set(late) - {"remove_chars"}  # most, not all
+    assert all(t.split == "train" for t in drawn) and len({t.task_id for t in drawn}) == len(drawn)
+    state = stream.state_dict()
+    a = [stream.next()[0].task_id for _ in range(10)]
+    again = task_stream(tok, cfg, 10_000, {"stream": state})
+    assert again.consumed == 80 and [again.next()[0].task_id for _ in range(10)] == a
+
+
+@pytest.mark.slow
+def test_rl_run_with_dynamic_sampling_and_learnability_stream_resumes(tmp_path):
+    """A real (tiny, untrained) policy never passes, so no group has reward spread: dynamic
+    sampling samples every round it is allowed and skips the update; the learnability
+    stream's position survives a resume."""
+    from dsv4.tasks import STARTER_FAMILIES
+    from dsv4.train import checkpoint as ck
+    from dsv4.train.pretrain import pretrain
+    from dsv4.train.rl import rl
+    from helpers_train import build_small_data, tiny_config
+
+    data = build_small_data(tmp_path / "data")
+    pretrain(tiny_config(tmp_path / "pre", data, max_steps=1, eval_every=0, save_every=0,
+                         overrides={"max_seq_len": 384}))
+    kw = dict(out_dir=str(tmp_path / "rl"), init=str(tmp_path / "pre"), group_size=2, tasks_per_step=2,
+              max_new_tokens=8, sample_rounds=3, task_sampling="learnability", think=False, threads=1,
+              families=list(STARTER_FAMILIES), difficulty_max=2, save_every=1, progress=False)
+    rl(RLConfig(max_steps=1, **kw))
+    log = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert log[0]["sample_rounds"] == 3 and log[0]["groups_sampled"] == 6 and "loss" not in log[0]
+    first = ck.read_train_state(ck.latest_checkpoint(tmp_path / "rl"))["stream"]
+    assert sum(first["counts"].values()) == 6
+    rl(RLConfig(max_steps=2, resume=True, **kw))
+    state = ck.read_train_state(ck.latest_checkpoint(tmp_path / "rl"))
+    assert state["step"] == 2 and sum(state["stream"]["counts"].values()) == 12

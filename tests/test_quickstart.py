@@ -21,7 +21,7 @@ def test_quickstart_tiny_end_to_end_and_rerun_skips_finished_stages(tmp_path):
         data_sources=corpus_sources()[:3], vocab_size=512, batch_size=8, seq_len=64,
         student_overrides={"dim": 32}, sft_tasks=200, sft_batch_size=4,
         rl={"group_size": 4, "tasks_per_step": 2, "max_new_tokens": 32},
-        heldout_n=4, humaneval_limit=2, eval_new_tokens=32, speed_tokens=8,
+        heldout_per_family=1, heldout_samples=2, humaneval_limit=2, eval_new_tokens=32, speed_tokens=8,
     )
     t0 = time.perf_counter()
     first = quickstart(cfg)
@@ -43,8 +43,12 @@ def test_quickstart_tiny_end_to_end_and_rerun_skips_finished_stages(tmp_path):
     # post-training stays on the starter families; the held-out summary says which it holds
     from dsv4.tasks import STARTER_FAMILIES
 
-    by_family = st["eval"]["heldout"]["rl"]["by_family"]
-    assert set(by_family) <= set(STARTER_FAMILIES) and sum(n for _, n in by_family.values()) == 4
+    held = st["eval"]["heldout"]["rl"]
+    by_family = held["by_family"]  # one task per family: the balanced held-out set
+    assert set(by_family) <= set(STARTER_FAMILIES) and {n for _, n in by_family.values()} == {1}
+    assert held["n"] == len(by_family) >= 5 and held["samples"] == 2 and "temperature 0.6" in held["protocol"]
+    assert set(held["by_family_greedy"]) == set(by_family)
+    assert 0.0 <= h["heldout_pass@1_greedy_rl"] <= 1.0 and h["heldout_pass@1_greedy_sft"] is not None
     # the scratch baseline trains exactly as many steps as the distilled student did
     dist = st["distill"]
     assert st["scratch"]["step"] == dist["offpolicy"]["step"] + dist["onpolicy"]["step"]

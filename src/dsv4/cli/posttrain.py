@@ -66,6 +66,13 @@ def register_stages(tsub) -> None:
                    choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
     r.add_argument("--no-think", action="store_true", help="no <think> format (and no format reward)")
     r.add_argument("--difficulty", type=int, nargs=2, default=[1, 4], metavar=("MIN", "MAX"))
+    r.add_argument("--sample-rounds", type=int, default=1,
+                   help="DAPO dynamic sampling: up to this many sampling rounds per step, keeping only "
+                   "groups with reward variance (default 1: off)")
+    r.add_argument("--sandbox-batch", type=int, default=1, help="completions per sandboxed interpreter")
+    r.add_argument("--task-sampling", default="uniform", choices=["uniform", "learnability"],
+                   help="draw task families uniformly, or more from those whose groups still have "
+                   "reward variance")
     _common(r)
     r.set_defaults(func=_rl)
 
@@ -87,9 +94,15 @@ def register_stages(tsub) -> None:
 
 
 def register_eval(esub) -> None:
-    p = esub.add_parser("tasks", help="held-out generated-task pass@1 (greedy, sandboxed)")
+    p = esub.add_parser("tasks", help="held-out generated-task pass@1 (greedy, or sampled; sandboxed)")
     p.add_argument("--ckpt", required=True, metavar="DIR")
     p.add_argument("--n", type=int, default=100, help="held-out tasks (default 100)")
+    p.add_argument("--per-family", type=int, default=0,
+                   help="take this many held-out tasks of each family instead of the first --n (0: off)")
+    p.add_argument("--samples", type=int, default=0,
+                   help="pass@1 = mean pass rate over this many samples per task (0: greedy only)")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--no-think", action="store_true")
     p.add_argument("--out", default=None, help="write results.jsonl + summary.json here")
@@ -133,7 +146,9 @@ def _rl(args) -> int:
                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, kl_coef=args.kl_coef,
                    eps_low=args.eps_low, eps_high=args.eps_high, std_norm=not args.no_std_norm,
                    loss_agg=args.loss_agg, think=not args.no_think,
-                   difficulty_min=args.difficulty[0], difficulty_max=args.difficulty[1])
+                   difficulty_min=args.difficulty[0], difficulty_max=args.difficulty[1],
+                   sample_rounds=args.sample_rounds, sandbox_batch=args.sandbox_batch,
+                   task_sampling=args.task_sampling)
     s = rl(_apply(cfg, args))
     print(f"step {s['step']}, mean reward {s['mean_reward'] or 0:.3f}, "
           f"mean pass rate {s['mean_pass_rate'] or 0:.3f} -> {s['checkpoint']}")
@@ -164,11 +179,13 @@ def _eval_tasks(args) -> int:
     from dsv4.errors import UserError
     from dsv4.eval.tasks import heldout_pass_at_1
 
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
+    if args.n < 1 or args.per_family < 0 or args.samples < 0:
+        raise UserError("--n must be >= 1, --per-family and --samples >= 0")
     s = heldout_pass_at_1(args.ckpt, n=args.n, think=not args.no_think, max_new_tokens=args.max_new_tokens,
-                          out=args.out)
-    print(f"held-out tasks: pass@1 {100 * s['pass@1']:.1f}% over {s['n']} tasks "
+                          out=args.out, per_family=args.per_family or None, samples=args.samples,
+                          temperature=args.temperature, top_p=args.top_p)
+    print(f"held-out tasks: pass@1 {100 * s['pass@1']:.1f}% ({s['protocol']}; greedy "
+          f"{100 * s['pass@1_greedy']:.1f}%) over {s['n']} tasks "
           f"(format {100 * s['format_rate']:.0f}%; {s['status_counts']})")
     return 0
 

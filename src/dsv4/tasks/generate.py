@@ -91,3 +91,30 @@ def generate_tasks(split: str = "train", n: int = 100, seed: int = 0, **kw) -> l
         if len(out) >= n:
             break
     return out
+
+
+def balanced_tasks(split: str = "heldout", per_family: int = 10, seed: int = 0,
+                   families: list[str] | None = None, accept=None, **kw) -> list[Task]:
+    """Up to `per_family` tasks of each family (fewer where its part of `split` is smaller),
+    family by family in sorted order.
+
+    A stream drawn uniformly over families (`iter_tasks`) empties the small families'
+    held-out parts early and then yields only the large ones, so a held-out set of n tasks
+    from it measures mostly one or two families; a fixed count per family weighs each the
+    same. `accept(task) -> bool` filters (e.g. the prompt must leave room to answer); only
+    accepted tasks count. Instances are still split by their hash (`split_of`), so a
+    held-out set never holds a train instance whatever the seed.
+    """
+    if per_family < 1:
+        raise UserError(f"per_family must be >= 1, got {per_family}")
+    names = sorted(FAMILIES) if families is None else sorted(families)
+    out: list[Task] = []
+    for name in names:
+        got = 0
+        for task in iter_tasks(split, seed, families=[name], **kw):
+            if accept is None or accept(task):
+                out.append(task)
+                got += 1
+                if got >= per_family:
+                    break
+    return out

@@ -10,6 +10,9 @@ of each with the inference engine (one batched `Engine.generate`), then
     advantages, and the clipped (clip-higher) surrogate with optional k3 KL to the frozen
     init policy, DAPO token-level aggregation and truncated samples masked (grpo.py);
     groups whose rewards are all equal carry no signal and are dropped before the update;
+    with `sample_rounds` > 1 (DAPO dynamic sampling) more tasks are sampled in place of
+    those, and `task_sampling="learnability"` draws more tasks from the families whose
+    groups keep a reward spread (dsv4.train.curriculum);
   - distill: the teacher scores the student's tokens; `onpolicy_distill_loss`.
 One optimizer step per batch (so the importance ratio is 1 at the step and the clip is a
 guard, as in on-policy GRPO with mu = 1). Logs reward, pass rate, length, entropy and KL per
@@ -56,6 +59,13 @@ class RLConfig(TrainConfig):
     loss_agg: str = "token-mean"
     mask_truncated: bool = True
     sandbox_workers: int = 0  # 0 -> cpu count
+    sandbox_batch: int = 1  # completions per sandboxed interpreter (dsv4.tasks.reward.score_batch)
+    # DAPO dynamic sampling: up to this many sampling rounds per step, keeping only groups with
+    # reward variance, until tasks_per_step of them are in hand (1: plain GRPO, no filter)
+    sample_rounds: int = 1
+    # task sampling: "uniform" over families, or "learnability" (more tasks from the families
+    # whose groups still have reward variance: dsv4.train.curriculum)
+    task_sampling: str = "uniform"
     # post-training defaults: a small lr on a trained model, short warmup, constant schedule
     lr: float = 3e-4
     muon_lr: float = 3e-3
@@ -73,6 +83,10 @@ class RLConfig(TrainConfig):
             raise UserError("on-policy distillation needs --teacher")
         if self.group_size < 1 or self.tasks_per_step < 1 or self.max_new_tokens < 1:
             raise UserError("--group-size, --tasks-per-step and --max-new-tokens must be >= 1")
+        if self.sample_rounds < 1 or self.sandbox_batch < 1:
+            raise UserError("--sample-rounds and --sandbox-batch must be >= 1")
+        if self.task_sampling not in ("uniform", "learnability"):
+            raise UserError("--task-sampling must be uniform or learnability")
         if self.objective == "grpo" and self.std_norm and self.group_size < 2:
             raise UserError("GRPO needs --group-size >= 2")
         GRPOConfig(self.eps_low, self.eps_high, self.kl_coef, self.std_norm, self.loss_agg)  # checks
@@ -110,6 +124,21 @@ class TaskStream:
                 self.consumed += 1
                 return task, ids
         raise UserError("the task stream ran out; lower the difficulty filter or the step count")
+
+    def observe(self, family: str, has_signal: bool) -> None:
+        """Uniform sampling ignores feedback (see curriculum.LearnableStream)."""
+
+    def state_dict(self) -> dict | None:
+        return None
+
+
+def task_stream(tok, cfg: RLConfig, max_len: int, state: dict | None):
+    """The RL task stream of `cfg.task_sampling`, at the position a checkpoint's `state` saved."""
+    from dsv4.train.curriculum import LearnableStream
+
+    if cfg.task_sampling == "learnability":
+        return LearnableStream(tok, cfg, max_len, (state or {}).get("stream"))
+    return TaskStream(tok, cfg, max_len, int((state or {}).get("tasks_consumed", 0)))
 
 
 def sample_groups(model, tok, prompts: list[list[int]], cfg: RLConfig, seed: int) -> list:
@@ -183,12 +212,77 @@ def _load(path, device):
     return load_model(path, device=device)
 
 
+def _completions(outs, end_id: int) -> list[list[int]]:
+    # The stop token closes the turn: it is part of what the policy chose.
+    return [o.token_ids + ([end_id] if o.finish_reason == "stop" else []) for o in outs]
+
+
+def signal_groups(rewards: torch.Tensor, group_size: int, eps: float = 1e-8) -> list[int]:
+    """Indices of the groups whose rewards are not all equal (the ones with a GRPO signal)."""
+    r = rewards.float().reshape(-1, group_size)
+    return ((r.max(dim=1).values - r.min(dim=1).values) > eps).nonzero().flatten().tolist()
+
+
+def _grpo_rollouts(model, tok, stream, cfg: RLConfig, rcfg, pool, end_id: int, step: int):
+    """Sample and score one step's groups: (prompts, completions, truncated, rewards, stats).
+
+    Plain GRPO samples `tasks_per_step` tasks once. With DAPO's dynamic sampling
+    (`sample_rounds` > 1) a group whose G rewards are all equal (all pass or all fail) has
+    zero advantage and adds nothing but noise to the token mean, so it is dropped and more
+    tasks are sampled, up to `sample_rounds` rounds in all, until `tasks_per_step` groups
+    with reward variance are in hand (the step then updates on those only). The stats
+    (reward, pass rate) are over everything sampled, so they still track the policy.
+    """
+    from dsv4.tasks.reward import score_batch
+
+    G = cfg.group_size
+    kept_prompts, kept_comps, kept_trunc, kept_rewards = [], [], [], []
+    all_res, all_len, all_trunc, rounds = [], [], [], 0
+    while rounds < max(1, cfg.sample_rounds):
+        need = cfg.tasks_per_step - len(kept_prompts)
+        batch = [stream.next() for _ in range(need)]
+        prompts = [p for _, p in batch]
+        outs = sample_groups(model, tok, prompts, cfg, seed=cfg.seed * 7919 + step + 1_000_003 * rounds)
+        rounds += 1
+        comps = _completions(outs, end_id)
+        res = score_batch([t for t, _ in batch for _ in range(G)], [tok.decode(c) for c in comps], rcfg,
+                          pool=pool, batch=cfg.sandbox_batch)
+        rewards = torch.tensor([r.reward for r in res])
+        trunc = [o.finish_reason == "length" for o in outs]
+        all_res += res
+        all_len += [len(c) for c in comps]
+        all_trunc += trunc
+        signal = [False] * len(prompts)
+        for g in signal_groups(rewards, G):
+            signal[g] = True
+        # plain GRPO keeps every group (zero-advantage ones are dropped from the loss anyway)
+        groups = [g for g in range(len(prompts)) if signal[g] or cfg.sample_rounds == 1]
+        for g in range(len(prompts)):
+            stream.observe(batch[g][0].family, bool(signal[g]))
+        for g in groups:
+            sl = slice(g * G, (g + 1) * G)
+            kept_prompts.append(prompts[g])
+            kept_comps += comps[sl]
+            kept_trunc += trunc[sl]
+            kept_rewards.append(rewards[sl])
+        if len(kept_prompts) >= cfg.tasks_per_step:
+            break
+    rewards = torch.cat(kept_rewards) if kept_rewards else torch.zeros(0)
+    stats = {"length": float(np.mean(all_len)), "truncated": float(np.mean(all_trunc)),
+             "reward": float(np.mean([r.reward for r in all_res])),
+             "pass_rate": float(np.mean([r.passed for r in all_res])),
+             "format_rate": float(np.mean([r.format_ok for r in all_res])),
+             "groups_with_signal": len(signal_groups(rewards, G)) if len(rewards) else 0,
+             "groups_sampled": len(all_res) // G, "sample_rounds": rounds}
+    return kept_prompts, kept_comps, torch.tensor(kept_trunc, dtype=torch.bool), rewards, stats
+
+
 def rl(cfg: RLConfig) -> dict:
     """Run (or resume) GRPO / on-policy distillation; returns a summary dict."""
     from dsv4.data import specials as S
     from dsv4.infer.load import load_tokenizer
     from dsv4.sandbox import SandboxPool
-    from dsv4.tasks.reward import RewardConfig, score_batch
+    from dsv4.tasks.reward import RewardConfig
     from dsv4.train.metrics import MetricsLog
     from dsv4.train.optim import build_optimizers
     from dsv4.train.progress import TrainProgress
@@ -215,13 +309,13 @@ def rl(cfg: RLConfig) -> dict:
         if m is not None:
             m.requires_grad_(False)
     optimizers = build_optimizers(model, cfg)
-    step, consumed, elapsed_before = 0, 0, 0.0
+    step, elapsed_before = 0, 0.0
     if state is not None:
         ck.load_optimizers(optimizers, state["optimizers"] or [], latest / ck.TRAIN_STATE)
         ck.set_rng_state(state["rng"])
-        step, consumed = int(state["step"]), int(state["tasks_consumed"])
+        step = int(state["step"])
         elapsed_before = float(state.get("elapsed_s", 0.0))
-    stream = TaskStream(tok, cfg, model.config.max_seq_len, consumed)
+    stream = task_stream(tok, cfg, model.config.max_seq_len, state)
     rcfg = RewardConfig(style="chat", think=cfg.think, format_weight=cfg.format_weight,
                         partial_credit=cfg.partial_credit)
     end_id = tok.token_id(S.END)
@@ -236,7 +330,8 @@ def rl(cfg: RLConfig) -> dict:
     last_saved = step if latest is not None else -1
 
     def save():
-        st = {"train_config": cfg.to_dict(), "tasks_consumed": stream.consumed, "elapsed_s": elapsed(),
+        st = {"train_config": cfg.to_dict(), "tasks_consumed": stream.consumed, "stream": stream.state_dict(),
+              "elapsed_s": elapsed(),
               "tokenizer_fingerprint": tok.fingerprint, "data_dir": data_dir}
         return ck.save_checkpoint(out, step, model, optimizers, st, cfg.keep_checkpoints,
                                   {"tokenizer.json": tok.to_str()})
@@ -247,30 +342,25 @@ def rl(cfg: RLConfig) -> dict:
             t0 = time.perf_counter()
             frac = run_progress(step, cfg.max_steps, elapsed(), cfg.time_budget_min)
             lrs = set_lr(optimizers, lr_multiplier(step, frac, cfg.warmup_steps, cfg.decay, cfg.min_lr_frac))
-            batch = [stream.next() for _ in range(cfg.tasks_per_step)]
-            prompts = [p for _, p in batch]
-            outs = sample_groups(model, tok, prompts, cfg, seed=cfg.seed * 7919 + step)
-            t_sample = time.perf_counter() - t0
             G = cfg.group_size
-            flat_prompts = [p for p in prompts for _ in range(G)]
-            # The stop token closes the turn: it is part of what the policy chose.
-            comps = [o.token_ids + ([end_id] if o.finish_reason == "stop" else []) for o in outs]
-            truncated = torch.tensor([o.finish_reason == "length" for o in outs])
-            rec = {"step": step + 1, "length": float(np.mean([len(c) for c in comps])),
-                   "truncated": float(truncated.float().mean())}
             if cfg.objective == "grpo":
-                tasks = [t for t, _ in batch for _ in range(G)]
-                texts = [tok.decode(c) for c in comps]
-                res = score_batch(tasks, texts, rcfg, pool=pool)
-                rewards = torch.tensor([r.reward for r in res])
-                adv = group_advantages(rewards, G, cfg.std_norm)
+                prompts, comps, truncated, rewards, rec = _grpo_rollouts(model, tok, stream, cfg, rcfg, pool,
+                                                                         end_id, step)
+                # no group kept (dynamic sampling found no spread): no advantages, no update
+                adv = group_advantages(rewards, G, cfg.std_norm) if len(rewards) else rewards
                 keep = (adv.abs() > 1e-8).nonzero().flatten().tolist()
-                rec.update(reward=float(rewards.mean()), pass_rate=float(np.mean([r.passed for r in res])),
-                           format_rate=float(np.mean([r.format_ok for r in res])),
-                           groups_with_signal=len(keep) // max(1, G) if keep else 0)
             else:
+                prompts = [p for _, p in (stream.next() for _ in range(cfg.tasks_per_step))]
+                outs = sample_groups(model, tok, prompts, cfg, seed=cfg.seed * 7919 + step)
+                comps = _completions(outs, end_id)
+                truncated = torch.tensor([o.finish_reason == "length" for o in outs])
+                rec = {"length": float(np.mean([len(c) for c in comps])),
+                       "truncated": float(truncated.float().mean())}
                 keep = list(range(len(comps)))
                 adv = None
+            t_sample = time.perf_counter() - t0
+            rec = {"step": step + 1, **rec}
+            flat_prompts = [p for p in prompts for _ in range(G)]
             if keep and any(len(comps[i]) for i in keep):
                 rec.update(update_step(model, optimizers, cfg, [flat_prompts[i] for i in keep],
                                        [comps[i] for i in keep], tok.pad_id, device,
@@ -278,6 +368,7 @@ def rl(cfg: RLConfig) -> dict:
                 if not math.isfinite(rec["loss"]):
                     raise RuntimeError(f"loss became {rec['loss']} at step {step + 1}; lower --lr")
             step += 1
+            # sample_s: the rollouts (sampling, and for GRPO scoring, all rounds)
             rec.update(lr=lrs.get("adamw", 0.0), sample_s=t_sample, step_s=time.perf_counter() - t0,
                        elapsed_s=elapsed())
             log.write(rec)
