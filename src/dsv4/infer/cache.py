@@ -190,7 +190,6 @@ class CompressedCache:
         self.raw = RingBuffer(slots, self.span + ratio + slack)
         self.entries: torch.Tensor | None = None  # [slots, max_blocks, ...]
         self.count = torch.zeros(slots, dtype=torch.long)  # complete blocks stored per slot
-        self.block_ends = (torch.arange(self.max_blocks) + 1) * ratio - 1  # last position of each block
 
     def push(self, rows: torch.Tensor, positions: torch.Tensor, **raw: torch.Tensor):
         """Store raw features [B, T, ...]; return [(row_index, block_ids, {name: [n, span, ...]})]

@@ -8,9 +8,8 @@ row, as straight tensor code:
 
   - q/k/v in one fused GEMV (`wq|wk|wv` concatenated once), gate/up in one (`w1|w3`), and the
     output projections as `addmm` into the residual stream (fp32 weights);
-  - RMSNorm with RMSNorm's own ops (6 small ops; `F.rms_norm` decomposes into ~10 on CPU), RoPE
-    of q and k as one complex product when it covers the whole head (bit-identical to
-    `apply_rope` in fp32: tests/test_infer_plain_decode.py);
+  - the model's own `rms_normalize` and `apply_rope` (their inference forms: one fused norm,
+    one complex product for q and k of all heads at once);
   - keys/values written in place into the same `DenseStore` buffers the prefill filled, and
     SDPA over the row's prefix (no mask: every held position <= the query's is visible).
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from dsv4.infer.cache import DenseStore
 from dsv4.infer.prepack import in_out_layout
 from dsv4.model.ffn import FeedForward, swiglu
+from dsv4.model.norm import rms_normalize
 from dsv4.model.rope import apply_rope
 
 
@@ -49,7 +49,6 @@ class PlainDecoder:
         cfg = model.config
         self.dim, self.eps = cfg.dim, cfg.norm_eps
         self.H, self.G, self.D = cfg.n_heads, model.layers[0].attn.n_kv, cfg.head_dim
-        self.full_rope = cfg.rope_dim == cfg.head_dim
         self.stores = [cache[b.attn.layer_id].raw for b in model.layers]
         self._sources = [p for p in model.parameters()]
         self._versions = None
@@ -77,14 +76,6 @@ class PlainDecoder:
         """The prefill has allocated every layer's key/value buffers (fp32 or bf16, any)."""
         return all(isinstance(s, DenseStore) and s.k is not None for s in self.stores)
 
-    def _rope(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """x [B, n, D] fp32 rotated at its row's position (f [B, rope_dim/2] complex)."""
-        if not self.full_rope:
-            return apply_rope(x.unsqueeze(1), f.unsqueeze(1))[:, 0]
-        B, n, D = x.shape
-        rotated = torch.view_as_complex(x.reshape(B, n, D // 2, 2)) * f.unsqueeze(1)
-        return torch.view_as_real(rotated).view(B, n, D)
-
     def decode(self, slots: list[int], ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
         """Logits [B, V] (fp32) of one new token per row: ids [B] at `positions` of `slots`,
         whose keys/values are appended to the cache."""
@@ -96,9 +87,9 @@ class PlainDecoder:
         f = self.cache.freqs[pos]  # [B, rope_dim/2]
         x = F.embedding(ids, self.embed)  # [B, dim] fp32 residual stream
         for store, (n1, wqkv, wo, n2, w13, w2, limit) in zip(self.stores, self.layers, strict=True):
-            h = self._norm(x, n1)
+            h = rms_normalize(x, self.eps, n1)
             qkv = F.linear(h.to(wdt), wqkv).float()
-            qk = self._rope(qkv[:, :(H + G) * D].view(B, H + G, D), f)  # q and k rotated at once
+            qk = apply_rope(qkv[:, :(H + G) * D].view(B, H + G, D), f)  # q and k rotated at once
             v = qkv[:, (H + G) * D:].view(B, G, D)
             outs = []
             for b, (slot, p) in enumerate(zip(slots, positions, strict=True)):
@@ -110,15 +101,10 @@ class PlainDecoder:
                                                            enable_gqa=G != H))
             o = outs[0] if B == 1 else torch.cat(outs)  # [B, H, 1, D]
             x = self._residual(x, o.view(B, H * D), wo)
-            h = self._norm(x, n2)
+            h = rms_normalize(x, self.eps, n2)
             gate, up = F.linear(h.to(wdt), w13).float().chunk(2, dim=-1)
             x = self._residual(x, swiglu(gate, up, limit), w2)
-        return F.linear(self._norm(x, self.norm).to(wdt), self.head).float()
-
-    def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """`RMSNorm` of the fp32 stream, its ops in its order (the same bits; F.rms_norm is the
-        same too, but ~10 small ops on CPU where this is 6)."""
-        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).mul_(w)
+        return F.linear(rms_normalize(x, self.eps, self.norm).to(wdt), self.head).float()
 
     def _residual(self, x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x + h W^T: one addmm (the GEMV accumulates into the stream) with fp32 weights."""
