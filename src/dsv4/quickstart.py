@@ -53,7 +53,8 @@ ONPOLICY_LR = {"lr": 1e-4, "muon_lr": 5e-4}
 # the answers' syntax within 9 steps of 4 tasks and 5e-4 / 2.5e-3 within 20, while Adam
 # 5e-4 with Muon at 5e-4 kept them well-formed over 15 steps (no setting tried moved the
 # held-out pass@1 up within 20 steps on a loaded machine).
-# Held-out answers decoded per engine batch: 36 balanced tasks x 4 samples in two batches.
+# Engine slots for the held-out answers (36 balanced tasks x (1 greedy + 4 samples), queued
+# and decoded 72 at a time as slots free).
 HELDOUT_BATCH = 72
 RL_DEFAULTS = {"group_size": 8, "tasks_per_step": 8, "max_new_tokens": 64, "partial_credit": True,
                "lr": 5e-4, "muon_lr": 5e-4}

@@ -4,7 +4,7 @@
 
 The held-out tasks (a disjoint part of every generator family's instance space,
 dsv4.tasks.generate) are answered in chat style with the same prompt as RL training, in
-batched engine runs, and scored in the sandbox against their hidden tests.
+one batched engine run, and scored in the sandbox against their hidden tests.
 
 Which tasks: `per_family` takes that many of each family (fewer where a family's held-out
 part is smaller: `balanced_tasks`), so every family weighs the same; without it, the first
@@ -30,6 +30,7 @@ def heldout_pass_at_1(ckpt, n: int = 100, think: bool = True, max_new_tokens: in
                       workers: int | None = None, families: list | None = None, per_family: int | None = None,
                       samples: int = 0, temperature: float = 0.6, top_p: float = 0.95) -> dict:
     from dsv4.data import specials as S
+    from dsv4.eval.passk import pass_at_k
     from dsv4.infer.load import load_engine
     from dsv4.infer.sampling import SamplingParams
     from dsv4.sandbox import SandboxPool
@@ -41,29 +42,23 @@ def heldout_pass_at_1(ckpt, n: int = 100, think: bool = True, max_new_tokens: in
                               per_family)
     stop = [tok.token_id(S.END)]
 
-    def run(prompt_list: list, params: list) -> list[str]:
-        texts = []
-        for i in range(0, len(prompt_list), batch):
-            outs = engine.generate(prompt_list[i:i + batch], params[i:i + batch])
-            texts += [tok.decode(o.token_ids) for o in outs]
-        return texts
-
+    # one engine run for the greedy answers and the samples: the engine queues what does not
+    # fit in `batch` slots and starts each request as a slot frees (continuous batching)
     greedy = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=stop)
-    texts = run(prompts, [greedy] * len(prompts))
-    sampled_texts: list[str] = []
-    if samples:
-        # seeded per (task, sample): the same checkpoint gives the same estimate
-        sp = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             stop_token_ids=stop, seed=seed * 1_000_003 + i)
-              for i in range(len(prompts) * samples)]
-        sampled_texts = run([p for p in prompts for _ in range(samples)], sp)
-    rcfg = RewardConfig(style="chat", think=think)
+    # seeded per (task, sample): the same checkpoint gives the same estimate
+    sp = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                         stop_token_ids=stop, seed=seed * 1_000_003 + i)
+          for i in range(len(prompts) * samples)]
+    repeated = [p for p in prompts for _ in range(samples)]
+    outs = engine.generate(prompts + repeated, [greedy] * len(prompts) + sp)
+    texts = [tok.decode(o.token_ids) for o in outs]
     with SandboxPool(workers) as pool:
-        res = score_batch(tasks, texts, rcfg, pool=pool)
-        sres = score_batch([t for t in tasks for _ in range(samples)], sampled_texts, rcfg, pool=pool)
+        every = score_batch(tasks + [t for t in tasks for _ in range(samples)], texts,
+                            RewardConfig(style="chat", think=think), pool=pool)
+    res, sres, texts = every[:len(tasks)], every[len(tasks):], texts[:len(tasks)]
     passed = [float(r.passed) for r in res]
-    rates = ([sum(r.passed for r in sres[i * samples:(i + 1) * samples]) / samples for i in range(len(tasks))]
-             if samples else passed)
+    rates = ([pass_at_k(samples, sum(r.passed for r in sres[i * samples:(i + 1) * samples]), 1)
+              for i in range(len(tasks))] if samples else passed)
     summary = {"pass@1": _mean(rates), "pass@1_greedy": _mean(passed), "n": len(passed),
                "protocol": (f"mean pass rate of {samples} samples at temperature {temperature}, top-p {top_p}"
                             if samples else "greedy"),
@@ -91,7 +86,12 @@ def _heldout(tok, room: int, n: int, think: bool, seed: int, difficulty, familie
     from dsv4.tasks import balanced_tasks, iter_tasks
     from dsv4.train.rl import prompt_ids
 
-    fits = lambda t: len(prompt_ids(tok, t, think)) < room
+    ids: dict = {}  # task_id -> prompt ids, tokenised once for the filter and the prompts
+
+    def fits(t) -> bool:
+        ids[t.task_id] = prompt_ids(tok, t, think)
+        return len(ids[t.task_id]) < room
+
     if per_family:
         tasks = balanced_tasks("heldout", per_family, seed, families, accept=fits, difficulty=difficulty)
     else:
@@ -101,7 +101,7 @@ def _heldout(tok, room: int, n: int, think: bool, seed: int, difficulty, familie
                 tasks.append(t)
             if len(tasks) >= n:
                 break
-    return tasks, [prompt_ids(tok, t, think) for t in tasks]
+    return tasks, [ids[t.task_id] for t in tasks]
 
 
 def _mean(xs: list) -> float:
