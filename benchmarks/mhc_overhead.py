@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="torch.compile both whole models")
     ap.add_argument("--compile-hc", action=argparse.BooleanOptionalAction, default=True,
-                    help="torch.compile only the mHC stream mixing (mhc.set_compile; default on)")
+                    help="the fused mHC stream passes and Engram's per-stream gate and conv "
+                         "(mhc_fused.py, compiled loops; mhc.set_compile; default on)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     if args.threads:

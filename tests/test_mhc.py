@@ -206,7 +206,7 @@ def test_sinkhorn_fast_paths_match_the_reference(tokens):
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_hyper_connection_custom_autograd_matches_plain_ops(monkeypatch, autocast):
+def test_hyper_connection_eager_path_matches_fused_path(monkeypatch, autocast):
     # The eager path (hand-written backward for the stream passes) against the fused path of
     # mhc_fused.py (other hand-written backwards; its kernels run uncompiled here, so this
     # checks the maths without compiling): same outputs and gradients, for a

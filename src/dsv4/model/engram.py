@@ -84,8 +84,7 @@ class Engram(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * weight.float().view(self.n_streams, self.dim)
+        return _rms(x, weight, self.eps)
 
     def forward(self, x: torch.Tensor, ctx, rows: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, D] or [B, T, n, D] (mHC streams) -> x + Y, same shape. `rows` may be given
@@ -96,7 +95,7 @@ class Engram(nn.Module):
         h = x.unsqueeze(2) if single else x
         if rows is None:
             rows = self.addresses(ctx.ids)
-        if mhc.compile_enabled():  # the per-stream passes as one fused (compiled) function
+        if mhc.compile_enabled() and torch.is_grad_enabled():  # training: the fused (compiled) passes
             alpha, out = self._fused_forward(h, self.retrieve(rows))
         else:
             alpha, u = self.gated_value(h, self.retrieve(rows))
@@ -123,12 +122,7 @@ class Engram(nn.Module):
         U = alpha * W_V e [B, T, n, D] fp32)."""
         B, T, n, D = h.shape
         key = self.key_proj(e).view(B, T, n, D)
-        value = self.value_proj(e)
-        # Gate per branch (paper eq. 4): scaled dot product of normed query and key, signed sqrt.
-        s = (self._rms(h, self.query_norm) * self._rms(key, self.key_norm)).sum(-1) / math.sqrt(D)
-        s = torch.sign(s) * s.abs().clamp_min(1e-6).sqrt()
-        alpha = torch.sigmoid(s)
-        return alpha, alpha.unsqueeze(-1) * value.float().unsqueeze(2)
+        return _gate(h, key, self.value_proj(e), self.query_norm, self.key_norm, self.eps)
 
     def _short_conv(self, u: torch.Tensor) -> torch.Tensor:
         """SiLU(depthwise causal dilated Conv1D(RMSNorm(U))) over time, per stream-channel."""
@@ -149,18 +143,26 @@ class Engram(nn.Module):
         return z.transpose(1, 2).reshape(z.shape[0], z.shape[2], self.n_streams, self.dim).float()
 
 
-def _gate_norm(h, key, value, query_norm, key_norm, conv_norm, eps: float):
-    """Plain-op gate and conv input of Engram.gated_value + _short_conv, for torch.compile.
+def _rms(x, weight, eps: float):
+    """RMSNorm over the last dim in fp32 with a per-stream-channel weight [n * D]."""
+    D = x.shape[-1]
+    return F.rms_norm(x.float(), (D,), eps=eps) * weight.float().view(-1, D)
 
-    h, key [B, T, n, D], value [B, T, D] -> (alpha [B, T, n], U, RMSNorm(U) [B, T, n, D]), fp32.
-    """
-    D = h.shape[-1]
-    rms = functools.partial(F.rms_norm, normalized_shape=(D,), eps=eps)
-    q = rms(h.float()) * query_norm.float().view(-1, D)
-    s = (q * rms(key.float()) * key_norm.float().view(-1, D)).sum(-1) / math.sqrt(D)
+
+def _gate(h, key, value, query_norm, key_norm, eps: float):
+    """Streams h, keys [B, T, n, D], value [B, T, D] -> (gate alpha [B, T, n], U = alpha * value
+    [B, T, n, D] fp32). Gate per branch (paper eq. 4): the scaled dot product of the normed
+    query and key, through a signed square root and a sigmoid."""
+    s = (_rms(h, query_norm, eps) * _rms(key, key_norm, eps)).sum(-1) / math.sqrt(h.shape[-1])
     alpha = torch.sigmoid(torch.sign(s) * s.abs().clamp_min(1e-6).sqrt())
-    u = alpha.unsqueeze(-1) * value.float().unsqueeze(2)
-    return alpha, u, rms(u) * conv_norm.float().view(-1, D)
+    return alpha, alpha.unsqueeze(-1) * value.float().unsqueeze(2)
+
+
+def _gate_norm(h, key, value, query_norm, key_norm, conv_norm, eps: float):
+    """`_gate` and the conv input RMSNorm(U) of `_short_conv` in one function, for torch.compile:
+    -> (alpha, U, RMSNorm(U)), fp32."""
+    alpha, u = _gate(h, key, value, query_norm, key_norm, eps)
+    return alpha, u, _rms(u, conv_norm, eps)
 
 
 def _silu_add(h, conv, u):

@@ -19,8 +19,10 @@ halves every pass over the n-times-wider stream. A 120-step A/B against fp32 str
 Speed (the stream is n times wider than a plain residual, so the cost is memory passes,
 not FLOPs): the three stream passes (RMS mix, pre-mix, post/res mix) and Sinkhorn each have
 a hand-written backward that touches the stream as few times as we can with stock ops;
-`set_compile(True)` (or DSV4_MHC_COMPILE=1) hands the stream passes to torch.compile
-instead, which fuses them further (benchmarks/mhc_overhead.py, README).
+`set_compile(True)` (or DSV4_MHC_COMPILE=1) switches training to mhc_fused.py instead:
+autograd Functions with hand-derived backwards around torch.compile'd forward-only loops,
+fewer passes still (Engram's per-stream gate and conv follow the same switch;
+benchmarks/mhc_overhead.py, README). Inference (no grad) always takes the plain no-grad path.
 
 n = 1 is not routed through this module at all: `make_residual` returns the plain
 `x + f(x)`, so the baseline is bit-for-bit the pre-norm transformer.
@@ -111,10 +113,11 @@ def _sinkhorn_loop(m: torch.Tensor, iters: int, eps: float, row_axis: int, col_a
 def _sinkhorn_host(m: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
     """No-grad Sinkhorn of ONE [n, n] matrix (single-stream decode) in Python floats.
 
-    The tensor version costs ~80 kernel launches of a few n^2 entries each; on the host the
-    same normalisations of 4-16 numbers (fp64, so within fp32 rounding of the tensor result,
-    straight-line code from `mhc_host`) take a fraction of that. CPU only: `tolist` would be
-    a device sync elsewhere.
+    Reached by `sinkhorn` for one matrix without grad (single-token decode itself computes its
+    coefficients in mhc_host). The tensor version costs ~80 kernel launches of a few n^2
+    entries each; on the host the same normalisations of 4-16 numbers (fp64, so within fp32
+    rounding of the tensor result) take a fraction of that. CPU only: `tolist` would be a
+    device sync elsewhere.
     """
     return torch.tensor(sinkhorn_lists(m[0].tolist(), iters, eps), dtype=m.dtype).unsqueeze(0)
 
@@ -305,9 +308,11 @@ DECODE_COMPILE_MAX_TOKENS = 16  # decode batches; prefill chunks stay eager (no 
 def set_decode_compile(enabled: bool) -> None:
     """Compile the no-grad coefficients + pre-mix of every HyperConnection (opt-in, inference).
 
-    For a few tokens (decode steps) the ~100 tiny ops of the RMS mix, the gates and Sinkhorn's
-    normalisations become one inductor function (~4x less time per hyper-connection on CPU;
-    ~10 s to compile, shared by all layers; a second token count compiles a dynamic version).
+    For 2 to DECODE_COMPILE_MAX_TOKENS tokens (batched decode steps, speculative verification;
+    one token on the CPU takes mhc_host instead) the ~100 tiny ops of the RMS mix, the gates
+    and Sinkhorn's normalisations become one inductor function (~4x less time per
+    hyper-connection on CPU; ~10 s to compile, shared by all layers; a second token count
+    compiles a dynamic version).
     The inference engine's `compile=True` turns it on; training (autograd) never takes this path.
     """
     _DECODE.clear()
@@ -356,10 +361,10 @@ class HyperConnection(nn.Module):
         # DeepSeek does; fp32 otherwise): half the memory traffic of the n-wide stream. The
         # coefficients and Sinkhorn still run in fp32. The first layer casts the embedding.
         x = x.to(_compute_dtype(x))
-        if _COMPILED:
-            return self._forward_compiled(x, sublayer, ctx)
         if not torch.is_grad_enabled():  # inference (decode steps, eval): no autograd Functions
             return self._forward_nograd(x, sublayer, ctx)
+        if _COMPILED:  # training with the fused path (mhc_fused.py)
+            return self._forward_compiled(x, sublayer, ctx)
         pre, post, comb = self.coefficients(x)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb[0].detach())  # first sequence only: diagnostics
@@ -378,8 +383,9 @@ class HyperConnection(nn.Module):
 
         A decode step runs this ~2L times on one token, where each op's fixed cost, not the
         data, is the time: no Function.apply, no autocast switch unless autocast is on, the
-        pre-mix and the post/res mix as one batched product each; with `set_decode_compile`
-        the coefficients and the pre-mix of a few tokens are one compiled function.
+        pre-mix and the post/res mix as one batched product each; one token on the CPU gets its
+        coefficients on the host (mhc_host); with `set_decode_compile` the coefficients and the
+        pre-mix of a few tokens are one compiled function.
         """
         lead, (n, d) = x.shape[:-2], x.shape[-2:]
         amp = torch.is_autocast_enabled(x.device.type)
@@ -459,15 +465,15 @@ class HyperHead(nn.Module):
         self.bias.fill_(-math.log(self.n - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _COMPILED:
+        if not torch.is_grad_enabled():  # inference: plain ops, one batched product for the sum
+            return self._forward_nograd(x)
+        if _COMPILED:  # training with the fused path (mhc_fused.py)
             n, d = x.shape[-2:]
             xs = x.to(_compute_dtype(x)).reshape(-1, n, d).contiguous()
             with torch.autocast(device_type=x.device.type, enabled=False):
                 out = _COMPILED["pre"](xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps,
                                        head=True)
             return out.reshape(*x.shape[:-2], d)
-        if not torch.is_grad_enabled():  # inference: plain ops, one batched product for the sum
-            return self._forward_nograd(x)
         w = _head_weights(_rms_mix(x, self.phi, self.norm_eps), self.alpha, self.bias, self.eps)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = _PreMix.apply(x.reshape(-1, *x.shape[-2:]), w.reshape(-1, self.n))  # sum_j w_j x_j
