@@ -48,6 +48,10 @@ def test_quickstart_tiny_end_to_end_and_rerun_skips_finished_stages(tmp_path):
     assert set(by_family) <= set(STARTER_FAMILIES) and {n for _, n in by_family.values()} == {1}
     assert held["n"] == len(by_family) >= 5 and held["samples"] == 2 and "temperature 0.6" in held["protocol"]
     assert set(held["by_family_greedy"]) == set(by_family)
+    # the greedy breakdown counts whole passes, and they add up to the greedy pass@1
+    greedy_passes = [p for p, _ in held["by_family_greedy"].values()]
+    assert all(isinstance(p, int) for p in greedy_passes)
+    assert sum(greedy_passes) == round(held["pass@1_greedy"] * held["n"])
     assert 0.0 <= h["heldout_pass@1_greedy_rl"] <= 1.0 and h["heldout_pass@1_greedy_sft"] is not None
     # the scratch baseline trains exactly as many steps as the distilled student did
     dist = st["distill"]

@@ -225,7 +225,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         dc = DistillConfig(teacher=str(out / "rl"), offpolicy_teacher=str(out / "pretrain"), out_dir=str(d),
                            mode="both", train=tc,
                            student_preset=cfg.student_preset, onpolicy_frac=0.15,
-                           onpolicy={**_onpolicy_rl(cfg.rl), **ONPOLICY_LR,
+                           onpolicy={**cfg.rl, **ONPOLICY_LR,
                                      "difficulty_min": cfg.difficulty[0],
                                      "difficulty_max": cfg.difficulty[1], "families": _families(cfg),
                                      "think": cfg.think})
@@ -277,12 +277,6 @@ def quickstart(cfg: QuickstartConfig) -> dict:
 
     result["report"] = str(write_report(out))
     return result
-
-
-def _onpolicy_rl(rl: dict) -> dict:
-    """The RL settings on-policy distillation shares with GRPO (its rollouts have no rewards to
-    filter or weigh tasks by)."""
-    return {k: v for k, v in rl.items() if k not in ("sample_rounds", "task_sampling")}
 
 
 def _families(cfg: QuickstartConfig) -> list | None:

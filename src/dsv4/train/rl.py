@@ -60,10 +60,10 @@ class RLConfig(TrainConfig):
     mask_truncated: bool = True
     sandbox_workers: int = 0  # 0 -> cpu count
     sandbox_batch: int = 1  # completions per sandboxed interpreter (dsv4.tasks.reward.score_batch)
-    # DAPO dynamic sampling: up to this many sampling rounds per step, keeping only groups with
+    # GRPO only, DAPO dynamic sampling: up to this many sampling rounds per step, keeping only groups with
     # reward variance, until tasks_per_step of them are in hand (1: plain GRPO, no filter)
     sample_rounds: int = 1
-    # task sampling: "uniform" over families, or "learnability" (more tasks from the families
+    # GRPO task sampling: "uniform" over families, or "learnability" (more tasks from the families
     # whose groups still have reward variance: dsv4.train.curriculum)
     task_sampling: str = "uniform"
     # post-training defaults: a small lr on a trained model, short warmup, constant schedule
@@ -133,10 +133,11 @@ class TaskStream:
 
 
 def task_stream(tok, cfg: RLConfig, max_len: int, state: dict | None):
-    """The RL task stream of `cfg.task_sampling`, at the position a checkpoint's `state` saved."""
+    """The RL task stream of `cfg.task_sampling`, at the position a checkpoint's `state` saved.
+    Learnability weighting needs rewards, so on-policy distillation always streams uniformly."""
     from dsv4.train.curriculum import LearnableStream
 
-    if cfg.task_sampling == "learnability":
+    if cfg.task_sampling == "learnability" and cfg.objective == "grpo":
         return LearnableStream(tok, cfg, max_len, (state or {}).get("stream"))
     return TaskStream(tok, cfg, max_len, int((state or {}).get("tasks_consumed", 0)))
 
