@@ -24,7 +24,6 @@ and the conv at 0, so at init Y = U exactly.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -36,6 +35,7 @@ from dsv4.errors import UserError
 from dsv4.model import mhc
 from dsv4.model.engram_hash import compression_map, engram_addresses, engram_multipliers, engram_primes
 from dsv4.model.engram_store import make_table_store
+from dsv4.model.mhc_fused import compiled
 from dsv4.model.moe import _building_on_meta
 
 
@@ -111,11 +111,11 @@ class Engram(nn.Module):
         B, T, n, D = h.shape
         key, value = self.key_proj(e), self.value_proj(e)  # the projections stay autocast matmuls
         with torch.autocast(device_type=h.device.type, enabled=False):
-            alpha, u, z = _compiled("gate")(h, key.view(B, T, n, D), value, self.query_norm,
+            alpha, u, z = compiled(_gate_norm)(h, key.view(B, T, n, D), value, self.query_norm,
                                             self.key_norm, self.conv_norm, self.eps)
             taps = self.conv_weight.view(n, D, self.kernel_size).permute(2, 0, 1)  # [k, n, D]
             conv = _CausalConv.apply(z, taps.float(), self.dilation)
-            return alpha, _compiled("silu_add")(h, conv, u)
+            return alpha, compiled(_silu_add)(h, conv, u)
 
     def gated_value(self, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Streams h [B, T, n, D], memory e [B, T, engram_dim] -> (gate alpha [B, T, n],
@@ -210,19 +210,13 @@ class _CausalConv(torch.autograd.Function):
     def forward(ctx, z, taps, dilation):
         ctx.save_for_backward(z, taps)
         ctx.dilation = dilation
-        return _compiled("conv_fwd")(z, taps, dilation)
+        return compiled(_conv_fwd)(z, taps, dilation)
 
     @staticmethod
     def backward(ctx, g):
         z, taps = ctx.saved_tensors
-        g_z, g_taps = _compiled("conv_bwd")(g, z, taps, ctx.dilation)
+        g_z, g_taps = compiled(_conv_bwd)(g, z, taps, ctx.dilation)
         return g_z, g_taps, None
-
-
-@functools.cache
-def _compiled(name: str):
-    fns = {"gate": _gate_norm, "silu_add": _silu_add, "conv_fwd": _conv_fwd, "conv_bwd": _conv_bwd}
-    return torch.compile(fns[name])
 
 
 @torch.no_grad()

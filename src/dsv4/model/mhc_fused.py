@@ -68,15 +68,14 @@ def _pre_bwd_gates(x, g_h, raw, rstd, alpha, bias, g_post, g_res, n: int, eps: f
     a, b = alpha.float(), bias.float()
     g_w = (x.float() * g_h.float().unsqueeze(-2)).sum(-1)  # [N, n]: <x_j, g_h>
     s_pre = torch.sigmoid(mixes[:, :n] * a[0] + b[:n])
-    g_z = [g_w * s_pre * (1 - s_pre)]  # d(sigmoid + eps)
+    parts = [g_w * s_pre * (1 - s_pre)]  # d(sigmoid + eps), per gate group: d/d(alpha_g mixes + b)
     if not head:
         s_post = torch.sigmoid(mixes[:, n:2 * n] * a[1] + b[n:2 * n])
-        g_z += [g_post * 2 * s_post * (1 - s_post), g_res.reshape(-1, n * n)]
-    g_z = torch.cat(g_z, dim=-1)  # [N, m]: d/d(alpha_g mixes + b)
-    scale = torch.cat([a[g].expand(w) for g, w in enumerate((n, n, n * n)[:a.numel()])])
-    g_mixes = g_z * scale
-    segs = torch.split(g_z * mixes, [n, n, n * n][:a.numel()], dim=-1)
-    g_alpha = torch.stack([s.sum() for s in segs])
+        parts += [g_post * 2 * s_post * (1 - s_post), g_res.reshape(-1, n * n)]
+    groups = torch.split(mixes, [p.shape[-1] for p in parts], dim=-1)
+    g_alpha = torch.stack([(p * m).sum() for p, m in zip(parts, groups, strict=True)])
+    g_z = torch.cat(parts, dim=-1)  # [N, m]
+    g_mixes = torch.cat([p * a[g] for g, p in enumerate(parts)], dim=-1)
     g_raw = g_mixes * rstd
     c = (g_mixes * raw.float()).sum(-1, keepdim=True) * rstd.pow(3) / (x.shape[-2] * x.shape[-1])
     return g_raw.to(x.dtype), c, g_alpha, g_z.sum(0)
@@ -111,10 +110,16 @@ _KERNELS = {"pre_fwd": _pre_fwd, "pre_bwd_gates": _pre_bwd_gates, "pre_bwd_x": _
 
 
 @functools.cache
+def compiled(fn, variant=None):
+    """torch.compile(fn), made once per (fn, variant): a variant that traces other shapes
+    compiles apart, so that a first shape change (another token count) is what makes a
+    kernel dynamic. Engram's fused passes use it too."""
+    return torch.compile(fn)
+
+
 def _kernel(name: str, head: bool = False):
-    """The compiled kernel `name`; HyperHead's (m = n weights, no post/comb) compiles separately,
-    so that a first shape change (another token count) is what makes a kernel dynamic."""
-    return torch.compile(_KERNELS[name])
+    """The compiled kernel `name`; HyperHead's (m = n weights, no post/comb) is its own variant."""
+    return compiled(_KERNELS[name], head)
 
 
 class _StreamPre(torch.autograd.Function):
