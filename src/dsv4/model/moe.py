@@ -170,9 +170,12 @@ class Expert(nn.Module):
         self.w2 = ExpertWeight(dim, hidden)  # down
         self.swiglu_limit = swiglu_limit
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """swiglu(w1 x, w3 x): the input of the down projection."""
+        return swiglu(F.linear(x, self.w1.weight), F.linear(x, self.w3.weight), self.swiglu_limit)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = swiglu(F.linear(x, self.w1.weight), F.linear(x, self.w3.weight), self.swiglu_limit)
-        return F.linear(h, self.w2.weight)
+        return F.linear(self.hidden(x), self.w2.weight)
 
 
 class MoE(nn.Module):
@@ -234,7 +237,7 @@ class MoE(nn.Module):
         out = self.shared_experts(xs) if self.shared_experts is not None else None
         for w, e in zip(weights, experts, strict=True):
             ex = self.experts[e]
-            h = swiglu(F.linear(xs, ex.w1.weight), F.linear(xs, ex.w3.weight), self.swiglu_limit)
+            h = ex.hidden(xs)
             if out is None:
                 out = F.linear(h, ex.w2.weight).mul_(w)
             else:

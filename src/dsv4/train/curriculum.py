@@ -49,14 +49,9 @@ class LearnableStream:
             self.live = [f for f in self.families if f in state["live"]]
 
     def _family_iter(self, family: str):
-        from dsv4.tasks import iter_tasks
-        from dsv4.train.rl import prompt_ids
+        from dsv4.train.rl import fitting_tasks
 
-        for task in iter_tasks("train", seed=self.cfg.seed + 1, families=[family],
-                               difficulty=(self.cfg.difficulty_min, self.cfg.difficulty_max)):
-            ids = prompt_ids(self.tok, task, self.cfg.think)
-            if len(ids) + self.cfg.max_new_tokens < self.max_len:
-                yield task, ids
+        return fitting_tasks(self.tok, self.cfg, self.max_len, [family])
 
     def _next_of(self, family: str):
         item = next(self._its[family], None)

@@ -104,26 +104,33 @@ def prompt_ids(tok, task, think: bool) -> list[int]:
     return tok.encode_chat(chat_prompt_messages(task, None, think), add_generation_prompt=True)
 
 
+def fitting_tasks(tok, cfg: RLConfig, max_len: int, families: list | None):
+    """(task, prompt ids) of the train split in its fixed order, for the prompts that leave
+    `max_new_tokens` of room within `max_len`."""
+    from dsv4.tasks import iter_tasks
+
+    for task in iter_tasks("train", seed=cfg.seed + 1, difficulty=(cfg.difficulty_min, cfg.difficulty_max),
+                           families=families):
+        ids = prompt_ids(tok, task, cfg.think)
+        if len(ids) + cfg.max_new_tokens < max_len:
+            yield task, ids
+
+
 class TaskStream:
     """Train-split tasks whose prompt leaves room to answer, in a fixed order; resumable by count."""
 
     def __init__(self, tok, cfg: RLConfig, max_len: int, consumed: int = 0):
-        from dsv4.tasks import iter_tasks
-
-        self.tok, self.cfg, self.max_len = tok, cfg, max_len
-        self._it = iter_tasks("train", seed=cfg.seed + 1, difficulty=(cfg.difficulty_min, cfg.difficulty_max),
-                              families=list(cfg.families) if cfg.families else None)
+        self._it = fitting_tasks(tok, cfg, max_len, list(cfg.families) if cfg.families else None)
         self.consumed = 0
         for _ in range(consumed):
             self.next()
 
     def next(self):
-        for task in self._it:
-            ids = prompt_ids(self.tok, task, self.cfg.think)
-            if len(ids) + self.cfg.max_new_tokens < self.max_len:
-                self.consumed += 1
-                return task, ids
-        raise UserError("the task stream ran out; lower the difficulty filter or the step count")
+        item = next(self._it, None)
+        if item is None:
+            raise UserError("the task stream ran out; lower the difficulty filter or the step count")
+        self.consumed += 1
+        return item
 
     def observe(self, family: str, has_signal: bool) -> None:
         """Uniform sampling ignores feedback (see curriculum.LearnableStream)."""
