@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from dsv4.infer.prepack import packed_outputs
 from dsv4.model.indexer import head_scores
 from dsv4.model.rope import apply_rope
 
@@ -43,7 +44,8 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
     p = int(pos[0, 0])
     slot = cache.owner.row_block.start
     freqs = attn._freqs(ctx)
-    q, qr, k, _ = attn._qkv(x, freqs)  # k is v (shared KV)
+    pre = packed_outputs(attn, "x", x)  # every projection of x in one GEMV (prepacked weights)
+    q, qr, k, _ = attn._qkv(x, freqs, pre[:4] if pre is not None else None)  # k is v (shared KV)
     ring = cache.raw.ring
     ring.write(cache.owner.rows, pos, k=k)
     keys = ring.data["k"][slot, :, 0]  # [C, D], a view
@@ -53,7 +55,7 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
     cell_pos = ring.pos[slot]
     # outside the window, empty (-1) or stale (past p: rolled-back drafts)
     hidden = ((cell_pos <= max(p - cache.window, -1)) | (cell_pos > p)).to(q.device)
-    ent = _entries(cache, attn, x, qr, freqs, pos, slot, p) if cache.cmp is not None else None
+    ent = _entries(cache, attn, x, qr, freqs, pos, slot, p, pre) if cache.cmp is not None else None
     parts = [keys]
     if ent is not None:
         parts.append(ent.to(q.dtype))
@@ -72,25 +74,27 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
     return attn._output(out)
 
 
-def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int) -> torch.Tensor | None:
+def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int, pre: list | None) -> torch.Tensor | None:
     """The compressed entries the query at p reads, [n, d] (None before the first block),
-    after adding the block this token completes; the indexer's keys are kept current."""
+    after adding the block this token completes; the indexer's keys are kept current.
+    pre: x's projections from the packed GEMV (`attn_input_weights` order) or None."""
     rows = cache.owner.rows
-    ent = _push(cache, cache.cmp, attn.compressor, x, pos, rows, slot, p)
+    ent = _push(cache, cache.cmp, attn.compressor, x, pos, rows, slot, p, pre and pre[4:6])
     keys = None
     if cache.idx is not None:
-        keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot, p)
+        keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot, p, pre and pre[6:8])
     if ent is None or keys is None or attn.indexer_stage != "sparse" or ent.shape[0] <= attn.indexer.topk:
         return ent  # HCA, the dense stage, or no more blocks than the indexer picks: all of them
-    return ent.index_select(0, _pick(attn.indexer, x, qr, keys, freqs))  # every held block is visible
+    w = pre[8] if pre is not None else None
+    return ent.index_select(0, _pick(attn.indexer, x, qr, keys, freqs, w))  # every held block is visible
 
 
-def _pick(indexer, x, qr, keys, freqs) -> torch.Tensor:
+def _pick(indexer, x, qr, keys, freqs, w=None) -> torch.Tensor:
     """`Indexer.select` for one query that sees all N > k blocks: the index scores with the
     same `head_scores` as its inner loop (so the same fp32 values), the top-k in the order of
     `topk_earliest` (value descending, ties earliest first) as a stable descending sort, one
     op for any N (a Python sort of the host floats took 36 us at N = 256, 167 us at 1024)."""
-    q, w = indexer._queries(x, qr, freqs)  # [1, 1, H, d], [1, 1, H]
+    q, w = indexer._queries(x, qr, freqs, w)  # [1, 1, H, d], [1, 1, H]
     w = w[0].float() * indexer.weight_scale  # [1, H]
     H, N = indexer.n_heads, keys.shape[0]
     dots = torch.matmul(q[0].reshape(-1, indexer.head_dim), keys.to(q.dtype).t()).view(1, H, N)
@@ -98,12 +102,14 @@ def _pick(indexer, x, qr, keys, freqs) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:indexer.topk]
 
 
-def _push(cache, store, comp, x, pos, rows, slot: int, p: int) -> torch.Tensor | None:
+def _push(cache, store, comp, x, pos, rows, slot: int, p: int, pre=None) -> torch.Tensor | None:
     """Add this token's (kv, score) to `store`, pooling the block it completes (when
     (p + 1) % ratio == 0) from the span's features in the ring (the last `span` positions,
     zeros before position 0), -> the slot's entries, a view (None before the first block).
-    `CompressedCache.push` for one token without its per-row bookkeeping."""
-    kv, score = comp.project(x)  # [1, 1, coff*d] fp32
+    `CompressedCache.push` for one token without its per-row bookkeeping. pre: x's (wkv,
+    wgate) projections made already (the packed GEMV), else `comp.project` makes them."""
+    # [1, 1, coff*d] fp32, as `Compressor.project` returns them
+    kv, score = comp.project(x) if pre is None else (pre[0].float(), pre[1].float())
     raw = store.raw
     raw.write(rows, pos, kv=kv, score=score)
     r = store.ratio

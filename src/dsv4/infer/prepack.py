@@ -9,17 +9,29 @@ flagship-sized decode step.
 
 `prepack_weights` re-lays each 2-D matmul parameter in place: the tensor keeps its shape
 [out, in] (a transposed view of [in, out] storage), so every module computes exactly what
-it did (`F.linear` then hands the BLAS a contiguous W^T). Opt-in because it changes the
+it did (`F.linear` then hands the BLAS W^T with its row stride). Opt-in because it changes the
 model's parameters: a checkpoint writer that needs contiguous tensors, or a training loop
 that views parameters, would see non-contiguous ones (RL rollouts share the policy model).
 Embedding and memory tables are left as they are (rows are gathered, not multiplied); a head
 tied to the embedding is re-laid with it (one row per token is still cheap to gather).
+
+Projections that read the same input are packed side by side (`pack_columns`): one [in,
+sum(out)] buffer whose column slices ARE the parameters (views, no second copy), so the
+module path reads its own slice as before, while a one-token path multiplies the whole
+buffer in one GEMV (`packed_outputs`) and splits the output with views -- per attention
+layer wq_a, wkv, the compressors' wkv/wgate and the indexer's weights_proj (7 GEMVs -> 1 on
+a CSA layer), per SwiGLU (routed and shared experts) w1|w3. Each output column is the same
+dot product in the same order, so the packed GEMV's values equal the separate ones
+(tests/test_infer_prepack.py); a call costs ~2 us before it streams a byte, ~40 of them a token.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+PACK_ATTR = "_packed_columns"  # module attribute: {group name: (buffer, its parameters)}
 
 
 def in_out_layout(w: torch.Tensor) -> torch.Tensor:
@@ -27,15 +39,92 @@ def in_out_layout(w: torch.Tensor) -> torch.Tensor:
     return w.t().contiguous().t()
 
 
+def pack_columns(owner: nn.Module, name: str, params: list) -> bool:
+    """Re-lay `params` ([out_i, in] each, one shared `in`; None entries: absent projections) as
+    column slices of one [in, sum out_i] buffer, kept on `owner` under `name` for
+    `packed_outputs`. False (nothing changed) unless there are two or more, each a plain
+    contiguous 2-D tensor of one dtype and device."""
+    real = [p for p in params if p is not None]
+    ok = (len(real) > 1 and len({id(p) for p in real}) == len(real)
+          and all(p.dim() == 2 and p.is_contiguous() for p in real)
+          and len({(p.shape[1], p.dtype, p.device) for p in real}) == 1)
+    if not ok:
+        return False
+    with torch.no_grad():
+        buf = torch.cat([p.data.t() for p in real], dim=1).contiguous()
+    start = 0
+    for p in real:
+        p.data = buf[:, start:start + p.shape[0]].t()
+        start += p.shape[0]
+    where, i = [], 0  # position of each requested output among the split's parts
+    for p in params:
+        where.append(None if p is None else i)
+        i += p is not None
+    groups = owner.__dict__.setdefault(PACK_ATTR, {})
+    groups[name] = (buf, real, [p.shape[0] for p in real], where)
+    return True
+
+
+def packed_outputs(owner: nn.Module, name: str, x: torch.Tensor) -> list | None:
+    """x @ [every weight of group `name`] in ONE GEMV, split into views: one output per entry
+    given to `pack_columns` (None where it was None); None when `owner` has no such group or
+    its parameters no longer view the buffer (re-assigned `.data`, `model.to(...)`, a copy)."""
+    group = owner.__dict__.get(PACK_ATTR, {}).get(name)
+    if group is None:
+        return None
+    buf, params, sizes, where = group
+    first, last = params[0], params[-1]
+    # the two ends: anything that re-allocates the parameters (to(), a new `.data`) moves them
+    if (first.data_ptr() != buf.data_ptr() or first.dtype != buf.dtype
+            or last.data_ptr() != buf.data_ptr() + (buf.shape[1] - sizes[-1]) * buf.element_size()):
+        return None
+    parts = F.linear(x, buf.t()).split(sizes, dim=-1)
+    return [None if i is None else parts[i] for i in where]
+
+
+def shared_input_groups(model: nn.Module):
+    """(owner, name, [weights]) for every set of projections a one-token path runs on one input."""
+    from dsv4.model.attention import Attention
+    from dsv4.model.ffn import FeedForward
+    from dsv4.model.moe import Expert
+
+    for mod in model.modules():
+        if isinstance(mod, Attention):
+            yield mod, "x", attn_input_weights(mod)
+        elif isinstance(mod, (FeedForward, Expert)):
+            yield mod, "w13", [mod.w1.weight, mod.w3.weight]
+
+
+def attn_input_weights(attn) -> list:
+    """The weights an attention layer applies to its input x, in packing order (None: absent):
+    query (wq_a or wq), wkv (or wk, wv), compressor wkv, wgate, indexer compressor wkv, wgate,
+    indexer weights_proj."""
+    def w(mod, name):
+        lin = getattr(mod, name, None) if mod is not None else None
+        return lin.weight if lin is not None else None
+
+    comp, idx = attn.compressor, attn.indexer
+    icomp = idx.compressor if idx is not None else None
+    return [w(attn, "wq_a") if attn.cfg.q_lora_rank else w(attn, "wq"), w(attn, "wkv"), w(attn, "wk"),
+            w(attn, "wv"), w(comp, "wkv"), w(comp, "wgate"), w(icomp, "wkv"), w(icomp, "wgate"),
+            w(idx, "weights_proj")]
+
+
 @torch.no_grad()
 def prepack_weights(model: nn.Module) -> int:
     """Store the matmul weights of `model` (every `weight` of nn.Linear, the routed experts
-    and the MoE gates, the mHC `phi` maps) as [in, out]; returns how many were re-laid (one
-    already laid out so, e.g. by an earlier engine, is skipped)."""
+    and the MoE gates, the mHC `phi` maps) as [in, out], projections of one input packed side
+    by side (`pack_columns`); returns how many were re-laid (one already laid out so, e.g. by
+    an earlier engine, is skipped)."""
     from dsv4.model.mhc import HyperConnection, HyperHead
     from dsv4.model.moe import ExpertWeight, Gate
 
     n, seen = 0, set()
+    for owner, name, params in shared_input_groups(model):
+        if pack_columns(owner, name, params):
+            real = [p for p in params if p is not None]
+            n += len(real)
+            seen.update(id(p) for p in real)
     for mod in model.modules():
         if isinstance(mod, (nn.Linear, ExpertWeight, Gate)):
             p = mod.weight

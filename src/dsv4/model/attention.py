@@ -157,25 +157,31 @@ class Attention(nn.Module):
                 ctx.freqs_compress = f
         return f
 
-    def _query(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _query(self, x: torch.Tensor, qa: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q [B, T, H, D], qr); qa: x's wq_a (or wq) projection if already made."""
         B, T, _ = x.shape
         if self.cfg.q_lora_rank:
-            qr = self.q_norm(self.wq_a(x))
+            qr = self.q_norm(self.wq_a(x) if qa is None else qa)
             q = self.wq_b(qr)
         else:
-            qr, q = x, self.wq(x)
+            qr, q = x, self.wq(x) if qa is None else qa
         return q.view(B, T, self.n_heads, self.head_dim), qr
 
-    def _qkv(self, x: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(q [B, T, H, D], qr, k, v [B, T, n_kv, D]) with RoPE applied; k is v under shared_kv."""
+    def _qkv(self, x: torch.Tensor, freqs: torch.Tensor, pre: list | None = None) -> tuple[torch.Tensor, ...]:
+        """(q [B, T, H, D], qr, k, v [B, T, n_kv, D]) with RoPE applied; k is v under shared_kv.
+        pre: x's projections by (wq_a or wq, wkv, wk, wv) made already (None entries: absent),
+        from the one-token decode's packed GEMV (infer/prepack.py)."""
         B, T, _ = x.shape
-        q, qr = self._query(x)
+        qa, kv, kk, vv = pre if pre is not None else (None,) * 4
+        q, qr = self._query(x, qa)
         if self.cfg.shared_kv:
             q = rms_normalize(q, self.eps)  # per head, no weight
-            k = v = apply_rope(self.kv_norm(self.wkv(x)).unsqueeze(2), freqs)  # [B, T, 1, D], K = V
+            kv = self.wkv(x) if kv is None else kv
+            k = v = apply_rope(self.kv_norm(kv).unsqueeze(2), freqs)  # [B, T, 1, D], K = V
         else:
-            k = apply_rope(self.wk(x).view(B, T, self.n_kv, self.head_dim), freqs)
-            v = self.wv(x).view(B, T, self.n_kv, self.head_dim)
+            kk = self.wk(x) if kk is None else kk
+            k = apply_rope(kk.view(B, T, self.n_kv, self.head_dim), freqs)
+            v = (self.wv(x) if vv is None else vv).view(B, T, self.n_kv, self.head_dim)
         return apply_rope(q, freqs), qr, k, v
 
     def _output(self, o: torch.Tensor) -> torch.Tensor:

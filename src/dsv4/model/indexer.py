@@ -46,10 +46,12 @@ class Indexer(nn.Module):
         self.compressor = Compressor(cfg.dim, self.head_dim, ratio, cfg.norm_eps)
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
-    def _queries(self, x: torch.Tensor, qr: torch.Tensor, freqs: torch.Tensor):
-        """(rotated index queries [B, T, H, d], unscaled head weights [B, T, H]) of x/qr."""
+    def _queries(self, x: torch.Tensor, qr: torch.Tensor, freqs: torch.Tensor, w: torch.Tensor | None = None):
+        """(rotated index queries [B, T, H, d], unscaled head weights [B, T, H]) of x/qr; w: x's
+        weights_proj projection if already made (the one-token decode's packed GEMV)."""
         B, T, _ = x.shape
-        return apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs), self.weights_proj(x)
+        q = apply_rope(self.wq_b(qr).view(B, T, self.n_heads, self.head_dim), freqs)
+        return q, self.weights_proj(x) if w is None else w
 
     def scores(self, x: torch.Tensor, qr: torch.Tensor, keys: torch.Tensor,
                freqs: torch.Tensor) -> torch.Tensor:

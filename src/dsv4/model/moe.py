@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsv4.config import ModelConfig
+from dsv4.infer.prepack import packed_outputs
 from dsv4.model.ffn import FeedForward, swiglu
 
 HASH_ROUTING_SEED = 0x5EED_4A5B  # tid2eid tables are a pure function of (this, layer id, sizes)
@@ -160,6 +161,15 @@ class ExpertWeight(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
 
 
+def swiglu_hidden(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """swiglu(w1 x, w3 x) of an Expert or FeedForward `ff`: one GEMV when w1|w3 are packed
+    side by side (infer/prepack.py; the same values), else two."""
+    both = packed_outputs(ff, "w13", x)
+    if both is None:
+        both = F.linear(x, ff.w1.weight), F.linear(x, ff.w3.weight)
+    return swiglu(both[0], both[1], ff.swiglu_limit)
+
+
 class Expert(nn.Module):
     """One routed SwiGLU expert: w2(swiglu(w1 x, w3 x)), DeepSeek's w1/w2/w3 naming."""
 
@@ -172,7 +182,7 @@ class Expert(nn.Module):
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """swiglu(w1 x, w3 x): the input of the down projection."""
-        return swiglu(F.linear(x, self.w1.weight), F.linear(x, self.w3.weight), self.swiglu_limit)
+        return swiglu_hidden(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.hidden(x), self.w2.weight)
@@ -232,9 +242,11 @@ class MoE(nn.Module):
     def _one_token(self, x: torch.Tensor, weights: list[float], experts: list[int]) -> torch.Tensor:
         """`forward` of one token x [1, D] routed to `experts` with `weights` (`Gate.route_one`):
         its experts one after another (the grouping costs ~10 ops), each down projection
-        accumulated with its routing weight in one addmm, the shared expert's output as the base."""
+        accumulated with its routing weight in one addmm, the shared expert's output as the base;
+        each SwiGLU's w1|w3 one GEMV when prepacked (`swiglu_hidden`)."""
         xs = x.to(_autocast_dtype(x))
-        out = self.shared_experts(xs) if self.shared_experts is not None else None
+        shared = self.shared_experts
+        out = F.linear(swiglu_hidden(shared, xs), shared.w2.weight) if shared is not None else None
         for w, e in zip(weights, experts, strict=True):
             ex = self.experts[e]
             h = ex.hidden(xs)
