@@ -120,3 +120,21 @@ def test_load_engine_prepacks_on_cpu(tmp_path):
     assert plain.model.layers[0].attn.wkv.weight.is_contiguous()
     prompt = list(range(5, 30))
     assert packed.generate(prompt, params)[0].token_ids == plain.generate(prompt, params)[0].token_ids
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rope_one_token_in_place_equals_complex_product(inverse):
+    """apply_rope's fp32 inference form (the tail of a copy rotated in place) gives the bits of
+    the complex product of the rope dims, the head dims untouched, for strided inputs too."""
+    from dsv4.model.rope import apply_rope
+
+    torch.manual_seed(0)
+    f = torch.polar(torch.ones(1, 1, 16), torch.randn(1, 1, 16) * 10)
+    for x in (torch.randn(1, 1, 4, 64), torch.randn(1, 1, 64, 3).transpose(2, 3)):
+        with torch.no_grad():
+            got = apply_rope(x, f, inverse=inverse)
+        c = torch.view_as_complex(x[..., 32:].contiguous().unflatten(-1, (16, 2)))
+        g = f.unsqueeze(-2)
+        want = torch.cat([x[..., :32], torch.view_as_real(c * (g.conj() if inverse else g)).flatten(-2)], -1)
+        assert torch.equal(got, want)
+        assert (got - apply_rope(x, f, inverse=inverse)).abs().max() < 1e-5  # the autograd form
