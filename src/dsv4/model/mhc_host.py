@@ -73,10 +73,11 @@ def _sigmoid(v: float) -> float:
 def _gate_params(hc) -> tuple[list[float], list[float]]:
     """(alpha, bias) of a HyperConnection as floats, re-read only when the parameters change
     (an optimizer step bumps their version counters)."""
-    key = (hc.alpha.data_ptr(), hc.alpha._version, hc.bias.data_ptr(), hc.bias._version)
-    cached = getattr(hc, "_host_gate_params", None)
+    alpha, bias = hc._parameters["alpha"], hc._parameters["bias"]  # (skips Module.__getattr__)
+    key = (alpha.data_ptr(), alpha._version, bias.data_ptr(), bias._version)
+    cached = hc.__dict__.get("_host_gate_params")
     if cached is None or cached[0] != key:
-        cached = (key, hc.alpha.float().tolist(), hc.bias.float().tolist())
+        cached = (key, alpha.float().tolist(), bias.float().tolist())
         hc._host_gate_params = cached
     return cached[1], cached[2]
 
@@ -87,15 +88,17 @@ def one_token_coefficients(hc, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     `HyperConnection`'s tensor path computes them."""
     n = hc.n
     flat = xs.reshape(1, -1)
-    raw = F.linear(flat, hc.phi.to(flat.dtype)).float()[0].tolist()
-    f32 = flat.float()
-    rstd = 1.0 / math.sqrt(float(torch.dot(f32[0], f32[0])) / flat.shape[1] + hc.norm_eps)
-    alpha, bias = _gate_params(hc)
+    phi = hc._parameters["phi"]
+    raw = F.linear(flat, phi if phi.dtype == flat.dtype else phi.to(flat.dtype))[0].tolist()
+    row = flat[0] if flat.dtype == torch.float32 else flat[0].float()
+    rstd = 1.0 / math.sqrt(float(torch.dot(row, row)) / flat.shape[1] + hc.norm_eps)
+    (a_pre, a_post, a_res), bias = _gate_params(hc)
+    eps, sig = hc.eps, _sigmoid
     z = [v * rstd for v in raw]
-    pre = [_sigmoid(z[i] * alpha[0] + bias[i]) + hc.eps for i in range(n)]
-    post = [2.0 * _sigmoid(z[n + i] * alpha[1] + bias[n + i]) for i in range(n)]
-    res = [[z[2 * n + i * n + j] * alpha[2] + bias[2 * n + i * n + j] for j in range(n)] for i in range(n)]
-    comb = res if hc.unconstrained else sinkhorn_lists(res, hc.iters, hc.eps)
+    pre = [sig(z[i] * a_pre + bias[i]) + eps for i in range(n)]
+    post = [2.0 * sig(z[i] * a_post + bias[i]) for i in range(n, 2 * n)]
+    res = [[z[k] * a_res + bias[k] for k in range(2 * n + i * n, 3 * n + i * n)] for i in range(n)]
+    comb = res if hc.unconstrained else sinkhorn_lists(res, hc.iters, eps)
     comb_t = [v for col in zip(*comb, strict=True) for v in col]  # out_k sums over comb's FIRST index
     t = torch.tensor(pre + post + comb_t, dtype=torch.float32)
     return t[:n].view(1, 1, n), t[n:2 * n].view(1, n, 1), t[2 * n:].view(1, n, n)
