@@ -11,6 +11,9 @@ transformers, so both sides run the same weights (the logits are checked to agre
    entries + compressor state, indexer keys) against `generate(use_cache=True)` with
    transformers' V4 cache layers, batch 1, same prompt, same number of new tokens, bf16
    on both (fp32 by default; --decode-bf16 for autocast). Target: ours >= 2x the tokens/s.
+   Measured at each of --decode-threads (default 1 and 2), both sides at the same count (batch-1
+   decode of these small models is faster single-threaded on both), with our engine prepacked
+   as `load_engine` builds it on the CPU (--no-prepack: the module's own weight layout).
 
 fp32_logits_max_abs_diff: with the models' init-scale weights many lightning-indexer scores
 are exactly 0 (ReLU), and top-k ties among them are broken differently by the two
@@ -22,6 +25,7 @@ implementations (both valid); with index_topk >= the number of blocks the diff i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -123,7 +127,9 @@ def train_step_times(cfg, ours, hf, batch: int, seq: int, n: int) -> dict:
 def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast: bool,
                  compile: bool = False, prepack: bool = False) -> dict:
     prompt = torch.randint(0, cfg.vocab_size, (prompt_len,)).tolist()
-    eng = Engine(ours.eval(), None, max_batch=1, autocast=autocast, compile=compile, prepack=prepack)
+    # a copy: prepacking re-lays the parameters, and the training comparison wants them untouched
+    eng = Engine(copy.deepcopy(ours).eval(), None, max_batch=1, autocast=autocast, compile=compile,
+                 prepack=prepack)
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
 
     def run_ours():
@@ -179,8 +185,13 @@ def main() -> None:
     )
     ap.add_argument("--parts", default="decode,train", help="which comparisons to run")
     ap.add_argument("--compile", action="store_true", help="our engine with compile=True (decode)")
-    ap.add_argument("--prepack", action="store_true",
-                    help="our engine with prepack=True (matmul weights stored [in, out]; decode)")
+    ap.add_argument("--prepack", action=argparse.BooleanOptionalAction, default=True,
+                    help="our engine with prepack=True (matmul weights stored [in, out], projections "
+                    "of one input packed; decode), as load_engine does on the CPU")
+    ap.add_argument("--decode-threads", default="1,2",
+                    help="thread counts the decode comparison runs at (both sides at each)")
+    ap.add_argument("--decode-repeat", type=int, default=5,
+                    help="alternating generate pairs per decode point")
     ap.add_argument("--out", default="benchmarks/results/vs_transformers.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -200,11 +211,14 @@ def main() -> None:
             r = {"params": sum(p.numel() for p in ours.parameters()), "fp32_logits_max_abs_diff": diff}
             # decode first: the training steps change the weights (differently on each side)
             if "decode" in args.parts:
-                r["decode"] = decode_rates(
-                    cfg, ours, hf, prompt_len=64, new=64, repeat=3, autocast=args.decode_bf16,
-                    compile=args.compile, prepack=args.prepack,
-                )
-                print(name, "decode", r["decode"], flush=True)
+                r["decode"] = []
+                for threads in [int(t) for t in args.decode_threads.split(",")]:
+                    torch.set_num_threads(threads)
+                    d = decode_rates(cfg, ours, hf, prompt_len=64, new=64, repeat=args.decode_repeat,
+                                     autocast=args.decode_bf16, compile=args.compile, prepack=args.prepack)
+                    r["decode"].append({"threads": threads, **d, "load_avg_1min": os.getloadavg()[0]})
+                    print(name, "decode", r["decode"][-1], flush=True)
+                torch.set_num_threads(args.threads)
             if "train" in args.parts:
                 r["train_step"] = train_step_times(cfg, ours, hf, batch=4, seq=256, n=args.steps)
                 print(name, "train", r["train_step"], flush=True)

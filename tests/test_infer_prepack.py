@@ -10,7 +10,7 @@ from dsv4.infer.engine import Engine
 from dsv4.infer.prepack import attn_input_weights, packed_outputs, prepack_weights
 from dsv4.infer.sampling import SamplingParams
 from dsv4.model.attention import Attention
-from dsv4.model.moe import Expert
+from dsv4.model.moe import Expert, MoE
 from dsv4.model.transformer import build_model
 
 
@@ -43,6 +43,11 @@ def test_packed_gemv_equals_separate_gemvs():
     expert = next(m for m in model.modules() if isinstance(m, Expert))
     h1, h3 = packed_outputs(expert, "w13", x)
     assert torch.equal(h1, x @ expert.w1.weight.t()) and torch.equal(h3, x @ expert.w3.weight.t())
+    moe = next(m for m in model.modules() if isinstance(m, MoE))
+    logits, h1, h3 = packed_outputs(moe, "gate_w13", x)
+    sh = moe.shared_experts
+    assert torch.equal(logits, torch.nn.functional.linear(x, moe.gate.weight))
+    assert torch.equal(h1, x @ sh.w1.weight.t()) and torch.equal(h3, x @ sh.w3.weight.t())
 
 
 def test_packed_group_dropped_when_parameters_move():
@@ -74,17 +79,20 @@ def test_packed_decode_same_tokens_and_used(preset, monkeypatch):
     assert (got_lp - want_lp).abs().max() < 1e-4
 
 
-def test_a_wrong_packed_output_is_caught(monkeypatch):
-    """Planted error: the compressor's kv and gate outputs swapped in the packed split."""
+@pytest.mark.parametrize("where,group,i,j", [("dsv4.infer.attn_decode", "x", 4, 5),
+                                             ("dsv4.model.moe", "gate_w13", 1, 2)])
+def test_a_wrong_packed_output_is_caught(where, group, i, j, monkeypatch):
+    """Planted error: two outputs of a packed split swapped (the compressor's kv and gate; the
+    shared expert's gate and up projections): the same comparison sees it."""
     want_ids, want_lp = _generate(_model(), prepack=False)
     real = prepack.packed_outputs
 
     def swapped(owner, name, x):
         out = real(owner, name, x)
-        if out is not None and name == "x" and out[4] is not None:
-            out[4], out[5] = out[5], out[4]
+        if out is not None and name == group and out[i] is not None:
+            out[i], out[j] = out[j], out[i]
         return out
 
-    monkeypatch.setattr("dsv4.infer.attn_decode.packed_outputs", swapped)
+    monkeypatch.setattr(f"{where}.packed_outputs", swapped)
     got_ids, got_lp = _generate(_model(), prepack=True)
     assert got_ids != want_ids or (got_lp - want_lp).abs().max() > 1e-3

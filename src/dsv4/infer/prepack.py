@@ -20,7 +20,8 @@ sum(out)] buffer whose column slices ARE the parameters (views, no second copy),
 module path reads its own slice as before, while a one-token path multiplies the whole
 buffer in one GEMV (`packed_outputs`) and splits the output with views -- per attention
 layer wq_a, wkv, the compressors' wkv/wgate and the indexer's weights_proj (7 GEMVs -> 1 on
-a CSA layer), per SwiGLU (routed and shared experts) w1|w3. Each output column is the same
+a CSA layer), per SwiGLU (routed and shared experts) w1|w3, and the MoE gate with its
+shared expert's w1|w3. Each output column is the same
 dot product in the same order, so the packed GEMV's values equal the separate ones
 (tests/test_infer_prepack.py); a call costs ~2 us before it streams a byte, ~40 of them a token.
 """
@@ -86,11 +87,14 @@ def shared_input_groups(model: nn.Module):
     """(owner, name, [weights]) for every set of projections a one-token path runs on one input."""
     from dsv4.model.attention import Attention
     from dsv4.model.ffn import FeedForward
-    from dsv4.model.moe import Expert
+    from dsv4.model.moe import Expert, MoE
 
-    for mod in model.modules():
+    for mod in model.modules():  # a MoE before its shared expert: the gate joins that one's w1|w3
         if isinstance(mod, Attention):
             yield mod, "x", attn_input_weights(mod)
+        elif isinstance(mod, MoE) and mod.shared_experts is not None:
+            sh = mod.shared_experts
+            yield mod, "gate_w13", [mod.gate.weight, sh.w1.weight, sh.w3.weight]
         elif isinstance(mod, (FeedForward, Expert)):
             yield mod, "w13", [mod.w1.weight, mod.w3.weight]
 

@@ -81,20 +81,24 @@ class Gate(nn.Module):
         if not _building_on_meta():
             nn.init.normal_(self.weight, 0.0, cfg.init_std)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):  # routing in fp32, as DeepSeek does
-            logits = F.linear(x.float(), self.weight.float())
+    def scores(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Routing scores of x [N, D]; logits: x W_g^T (fp32) made already (a packed GEMV)."""
+        if logits is None:
+            with torch.autocast(x.device.type, enabled=False):  # routing in fp32, as DeepSeek does
+                logits = F.linear(x.float(), self.weight.float())
         if self.score_func == "softmax":
             return logits.softmax(dim=-1)
         if self.score_func == "sigmoid":
             return logits.sigmoid()
         return F.softplus(logits).sqrt()  # V4: sqrt(softplus)
 
-    def route_one(self, x: torch.Tensor, ids: torch.Tensor | None) -> tuple[list[float], list[int]]:
+    def route_one(self, x: torch.Tensor, ids: torch.Tensor | None,
+                  logits: torch.Tensor | None = None) -> tuple[list[float], list[int]]:
         """`forward` for one token x [1, D] at inference, as host lists (weights, experts): the
         scores and the biased selection values in fp32 as the tensor path has them, the
-        top-k (ties: earliest expert) and the renormalisation on the host, ~10 ops fewer."""
-        scores = self.scores(x)[0]
+        top-k (ties: earliest expert) and the renormalisation on the host, ~10 ops fewer.
+        logits: x's fp32 gate logits [1, E] if already made (`MoE._one_token`'s packed GEMV)."""
+        scores = self.scores(x, logits)[0]
         if self.is_hash:
             if ids is None:
                 raise ValueError("hash-routed MoE layers need the token ids (ctx.ids)")
@@ -210,7 +214,7 @@ class MoE(nn.Module):
         flat = x.reshape(-1, shape[-1])
         ids = getattr(ctx, "ids", None) if ctx is not None else None
         if flat.shape[0] == 1 and flat.device.type == "cpu" and not self.training:  # decode
-            return self._one_token(flat, *self.gate.route_one(flat, ids)).view(shape)
+            return self._one_token(flat, ids).view(shape)
         weights, idx = self.gate(flat, ids)
         out = self.routed(flat, weights, idx)
         if self.shared_experts is not None:
@@ -239,14 +243,23 @@ class MoE(nn.Module):
         ys = ys * weights.flatten()[order].unsqueeze(1).to(ys.dtype)
         return torch.zeros(N, D, dtype=ys.dtype, device=x.device).index_add_(0, tok, ys)
 
-    def _one_token(self, x: torch.Tensor, weights: list[float], experts: list[int]) -> torch.Tensor:
-        """`forward` of one token x [1, D] routed to `experts` with `weights` (`Gate.route_one`):
-        its experts one after another (the grouping costs ~10 ops), each down projection
-        accumulated with its routing weight in one addmm, the shared expert's output as the base;
-        each SwiGLU's w1|w3 one GEMV when prepacked (`swiglu_hidden`)."""
+    def _one_token(self, x: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        """`forward` of one token x [1, D] (routed by `Gate.route_one`): its experts one after
+        another (the grouping costs ~10 ops), each down projection accumulated with its routing
+        weight in one addmm, the shared expert's output as the base; each SwiGLU's w1|w3 one GEMV
+        when prepacked (`swiglu_hidden`), in fp32 the gate's logits and the shared expert's w1|w3
+        one GEMV (`gate_w13`: the gate stays fp32 under autocast, so only without it)."""
         xs = x.to(_autocast_dtype(x))
         shared = self.shared_experts
-        out = F.linear(swiglu_hidden(shared, xs), shared.w2.weight) if shared is not None else None
+        pre = None
+        if shared is not None and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            pre = packed_outputs(self, "gate_w13", x)
+        if pre is not None:
+            weights, experts = self.gate.route_one(x, ids, logits=pre[0])
+            out = F.linear(swiglu(pre[1], pre[2], shared.swiglu_limit), shared.w2.weight)
+        else:
+            weights, experts = self.gate.route_one(x, ids)
+            out = F.linear(swiglu_hidden(shared, xs), shared.w2.weight) if shared is not None else None
         for w, e in zip(weights, experts, strict=True):
             ex = self.experts[e]
             h = ex.hidden(xs)
