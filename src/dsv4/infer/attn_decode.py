@@ -47,7 +47,7 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
     pre = packed_outputs(attn, "x", x)  # every projection of x in one GEMV (prepacked weights)
     q, qr, k, _ = attn._qkv(x, freqs, pre[:4] if pre is not None else None)  # k is v (shared KV)
     ring = cache.raw.ring
-    ring.write(cache.owner.rows, pos, k=k)
+    ring.write_one(slot, p, k=k)
     keys = ring.data["k"][slot, :, 0]  # [C, D], a view
     if keys.dtype != q.dtype:  # a ring made by a bf16 prefill: the new key at full precision
         keys = keys.to(q.dtype)  # (the general path reads it from the chunk, not the ring)
@@ -55,7 +55,7 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
     cell_pos = ring.pos[slot]
     # outside the window, empty (-1) or stale (past p: rolled-back drafts)
     hidden = ((cell_pos <= max(p - cache.window, -1)) | (cell_pos > p)).to(q.device)
-    ent = _entries(cache, attn, x, qr, freqs, pos, slot, p, pre) if cache.cmp is not None else None
+    ent = _entries(cache, attn, x, qr, freqs, slot, p, pre) if cache.cmp is not None else None
     parts = [keys]
     if ent is not None:
         parts.append(ent.to(q.dtype))
@@ -74,15 +74,14 @@ def decode_one(cache, attn, x: torch.Tensor, ctx) -> torch.Tensor:
     return attn._output(out)
 
 
-def _entries(cache, attn, x, qr, freqs, pos, slot: int, p: int, pre: list | None) -> torch.Tensor | None:
+def _entries(cache, attn, x, qr, freqs, slot: int, p: int, pre: list | None) -> torch.Tensor | None:
     """The compressed entries the query at p reads, [n, d] (None before the first block),
     after adding the block this token completes; the indexer's keys are kept current.
     pre: x's projections from the packed GEMV (`attn_input_weights` order) or None."""
-    rows = cache.owner.rows
-    ent = _push(cache, cache.cmp, attn.compressor, x, pos, rows, slot, p, pre and pre[4:6])
+    ent = _push(cache, cache.cmp, attn.compressor, x, slot, p, pre and pre[4:6])
     keys = None
     if cache.idx is not None:
-        keys = _push(cache, cache.idx, attn.indexer.compressor, x, pos, rows, slot, p, pre and pre[6:8])
+        keys = _push(cache, cache.idx, attn.indexer.compressor, x, slot, p, pre and pre[6:8])
     if ent is None or keys is None or attn.indexer_stage != "sparse" or ent.shape[0] <= attn.indexer.topk:
         return ent  # HCA, the dense stage, or no more blocks than the indexer picks: all of them
     w = pre[8] if pre is not None else None
@@ -102,7 +101,7 @@ def _pick(indexer, x, qr, keys, freqs, w=None) -> torch.Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:indexer.topk]
 
 
-def _push(cache, store, comp, x, pos, rows, slot: int, p: int, pre=None) -> torch.Tensor | None:
+def _push(cache, store, comp, x, slot: int, p: int, pre=None) -> torch.Tensor | None:
     """Add this token's (kv, score) to `store`, pooling the block it completes (when
     (p + 1) % ratio == 0) from the span's features in the ring (the last `span` positions,
     zeros before position 0), -> the slot's entries, a view (None before the first block).
@@ -111,7 +110,7 @@ def _push(cache, store, comp, x, pos, rows, slot: int, p: int, pre=None) -> torc
     # [1, 1, coff*d] fp32, as `Compressor.project` returns them
     kv, score = comp.project(x) if pre is None else (pre[0].float(), pre[1].float())
     raw = store.raw
-    raw.write(rows, pos, kv=kv, score=score)
+    raw.write_one(slot, p, kv=kv, score=score)
     r = store.ratio
     if (p + 1) % r == 0:
         first = p + 1 - store.span

@@ -62,10 +62,7 @@ class RingBuffer:
         `capacity` tokens of a chunk longer than the ring survive (as in a real ring)."""
         positions = positions.cpu()  # bookkeeping on the CPU; data lives where it was computed
         if positions.numel() == 1:  # one token of one slot (single-stream decode): plain copies
-            slot, p = int(rows[0]), int(positions[0, 0])
-            for name, t in tensors.items():
-                self._buffer(name, t)[slot, p % self.capacity] = t[0, 0]
-            self.pos[slot, p % self.capacity] = p
+            self.write_one(int(rows[0]), int(positions[0, 0]), **tensors)
             return
         if positions.shape[1] > self.capacity:
             positions = positions[:, -self.capacity:]
@@ -76,6 +73,14 @@ class RingBuffer:
             buf = self._buffer(name, t)
             buf[r, cells] = t.to(buf.dtype)
         self.pos[r, cells] = positions
+
+    def write_one(self, slot: int, p: int, **tensors: torch.Tensor) -> None:
+        """`write` of one token [1, 1, ...] at position p of `slot`, given as host ints (the
+        one-token decode knows them: no reads of index tensors)."""
+        cell = p % self.capacity
+        for name, t in tensors.items():
+            self._buffer(name, t)[slot, cell] = t[0, 0]
+        self.pos[slot, cell] = p
 
     def _buffer(self, name: str, t: torch.Tensor) -> torch.Tensor:
         buf = self.data.get(name)
