@@ -19,6 +19,9 @@ the same attention with about a third of them.
   - Raw keys, compressed entries and (for the sink) a zero row are one key = value matrix,
     so scores and the weighted sum are one matmul each and the sink logit is one more
     column: a single fp32 softmax over [raw | compressed | sink], as in training.
+  - With prepacked weights (`Engine(prepack=True)`, infer/prepack.py) every projection of the
+    layer input -- query, key/value, both compressors' kv and gate, the indexer's head
+    weights -- is one GEMV whose output is split into views (the same values).
 """
 
 from __future__ import annotations
