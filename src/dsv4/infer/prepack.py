@@ -62,7 +62,7 @@ def pack_columns(owner: nn.Module, name: str, params: list) -> bool:
         where.append(None if p is None else i)
         i += p is not None
     groups = owner.__dict__.setdefault(PACK_ATTR, {})
-    groups[name] = (buf, real, [p.shape[0] for p in real], where)
+    groups[name] = (buf, real, [p.shape[0] for p in real], where, [p.data_ptr() for p in real])
     return True
 
 
@@ -73,11 +73,9 @@ def packed_outputs(owner: nn.Module, name: str, x: torch.Tensor) -> list | None:
     group = owner.__dict__.get(PACK_ATTR, {}).get(name)
     if group is None:
         return None
-    buf, params, sizes, where = group
-    first, last = params[0], params[-1]
-    # the two ends: anything that re-allocates the parameters (to(), a new `.data`) moves them
-    if (first.data_ptr() != buf.data_ptr() or first.dtype != buf.dtype
-            or last.data_ptr() != buf.data_ptr() + (buf.shape[1] - sizes[-1]) * buf.element_size()):
+    buf, params, sizes, where, ptrs = group
+    # every parameter still a view of the buffer where it was put (to(), a new `.data` move it)
+    if [p.data_ptr() for p in params] != ptrs or params[0].dtype != buf.dtype:
         return None
     parts = F.linear(x, buf.t()).split(sizes, dim=-1)
     return [None if i is None else parts[i] for i in where]
