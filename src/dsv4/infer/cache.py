@@ -294,6 +294,12 @@ class ModelCache:
         (`record=False` for the MTP block, whose ids are the next tokens)."""
         self.rows = rows
         n = rows.shape[0]
+        if n == 1 and ids.numel() == 1:  # one token of one slot (single-stream decode): no index tensors
+            r0 = int(rows[0])
+            self.row_block = slice(r0, r0 + 1)
+            if record:
+                self.tokens[r0, int(positions.reshape(-1)[0])] = ids.reshape(-1)[0]
+            return
         r0 = int(rows[0]) if n else 0
         consecutive = n > 0 and bool((rows == torch.arange(r0, r0 + n)).all())
         self.row_block = slice(r0, r0 + n) if consecutive else None
