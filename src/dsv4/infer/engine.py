@@ -176,6 +176,13 @@ class Engine:
         c = self.cache
         c.bind(torch.tensor(rows, dtype=torch.long), ids, positions, record=record)
         ids, positions = ids.to(self.device), positions.to(self.device)
+        if positions.numel() == 1:  # one token: the rotations as views (same values, no gather)
+            p = int(positions.reshape(-1)[0])
+            at = slice(p, p + 1)
+            ctx = ForwardContext(ids=ids, freqs=c.freqs[at].view(1, 1, -1), cache=c, positions=positions)
+            if c.freqs_compress is not None:
+                ctx.freqs_compress = c.freqs_compress[at].view(1, 1, -1)
+            return ctx
         ctx = ForwardContext(ids=ids, freqs=c.freqs[positions], cache=c, positions=positions)
         if c.freqs_compress is not None:
             ctx.freqs_compress = c.freqs_compress[positions]
