@@ -26,6 +26,7 @@ def _generate(model, prepack: bool):
     return out.token_ids, torch.tensor([lp["logprob"] for lp in out.logprobs])
 
 
+@torch.no_grad()  # (with grad on, the packed path stands aside: see the training test)
 def test_packed_gemv_equals_separate_gemvs():
     model = _model()
     prepack_weights(model)
@@ -50,6 +51,7 @@ def test_packed_gemv_equals_separate_gemvs():
     assert torch.equal(h1, x @ sh.w1.weight.t()) and torch.equal(h3, x @ sh.w3.weight.t())
 
 
+@torch.no_grad()
 def test_packed_group_dropped_when_parameters_move():
     model = _model()
     prepack_weights(model)
@@ -60,6 +62,20 @@ def test_packed_group_dropped_when_parameters_move():
     assert packed_outputs(attn, "x", x) is None  # its slice of the buffer is stale: not used
     model.double()  # every parameter re-allocated
     assert packed_outputs(model.layers[2].attn, "x", x.double()) is None
+
+
+def test_training_a_prepacked_model_reaches_the_parameters():
+    """The packed buffers are plain tensors: with grad on, the experts read their own weights."""
+    model = _model()
+    prepack_weights(model)
+    model.train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    loss, _ = model.loss(ids[:, :-1], ids[:, 1:])
+    loss.backward()
+    expert = next(m for m in model.modules() if isinstance(m, Expert) and m.w1.weight.grad is not None)
+    assert expert.w3.weight.grad.abs().sum() > 0
+    moe = next(m for m in model.modules() if isinstance(m, MoE))
+    assert moe.shared_experts.w1.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("preset", ["tiny", "flagship"])

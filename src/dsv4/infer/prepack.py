@@ -21,9 +21,11 @@ module path reads its own slice as before, while a one-token path multiplies the
 buffer in one GEMV (`packed_outputs`) and splits the output with views -- per attention
 layer wq_a, wkv, the compressors' wkv/wgate and the indexer's weights_proj (7 GEMVs -> 1 on
 a CSA layer), per SwiGLU (routed and shared experts) w1|w3, and the MoE gate with its
-shared expert's w1|w3. Each output column is the same
-dot product in the same order, so the packed GEMV's values equal the separate ones
-(tests/test_infer_prepack.py); a call costs ~2 us before it streams a byte, ~40 of them a token.
+shared expert's w1|w3. Each output column is the same dot product in the same order, so the
+packed GEMV's values equal the separate ones (tests/test_infer_prepack.py); a GEMV call costs
+~2 us before it streams a byte, and the flagship-sized model makes ~59 a token instead of ~108.
+Only without autograd: the buffer is a plain tensor, so a training forward (which must reach
+the parameters' gradients) takes the separate projections.
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def pack_columns(owner: nn.Module, name: str, params: list) -> bool:
 
 def packed_outputs(owner: nn.Module, name: str, x: torch.Tensor) -> list | None:
     """x @ [every weight of group `name`] in ONE GEMV, split into views: one output per entry
-    given to `pack_columns` (None where it was None); None when `owner` has no such group or
-    its parameters no longer view the buffer (re-assigned `.data`, `model.to(...)`, a copy)."""
+    given to `pack_columns` (None where it was None); None when `owner` has no such group, grad
+    is enabled, or its parameters no longer view the buffer (re-assigned `.data`, `model.to(...)`,
+    a copy)."""
     group = owner.__dict__.get(PACK_ATTR, {}).get(name)
-    if group is None:
+    if group is None or torch.is_grad_enabled():  # autograd must see the parameters themselves
         return None
     buf, params, sizes, where, ptrs = group
     # every parameter still a view of the buffer where it was put (to(), a new `.data` move it)
