@@ -84,6 +84,17 @@ def paired_times(a, b, n: int, warmup: int = 1, clock=time.perf_counter) -> tupl
     return statistics.median(ta), statistics.median(tb)
 
 
+def recorded(fn, out: list, clock=time.perf_counter):
+    """fn, also appending each call's seconds by `clock` to `out` (a second clock for the same
+    runs: wall-clock next to process time, or the reverse)."""
+    def run():
+        t = clock()
+        r = fn()
+        out.append(clock() - t)
+        return r
+    return run
+
+
 def train_step_times(cfg, ours, hf, batch: int, seq: int, n: int) -> dict:
     ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
     x, y = ids[:, :-1], ids[:, 1:]
@@ -107,17 +118,11 @@ def train_step_times(cfg, ours, hf, batch: int, seq: int, n: int) -> dict:
         opt_h.step()
         opt_h.zero_grad(set_to_none=True)
 
-    def walled(fn, out: list):  # wall-clock seconds of the same steps, reported alongside
-        def run():
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-        return run
-
     wall_o, wall_h = [], []
     # process CPU time: single-threaded it is the compute time, while wall-clock time on the
     # shared benchmark machine mostly measures the other processes (mhc_overhead.py does the same)
-    t_o, t_h = paired_times(walled(step_ours, wall_o), walled(step_hf, wall_h), n, clock=time.process_time)
+    t_o, t_h = paired_times(recorded(step_ours, wall_o), recorded(step_hf, wall_h), n,
+                            clock=time.process_time)
     w_o, w_h = statistics.median(wall_o[1:]), statistics.median(wall_h[1:])  # [0]: warm-up
     return {"batch": batch, "seq": seq, "ours_s": t_o, "transformers_s": t_h, "speedup": t_h / t_o,
             "clock": "process_time", "ours_wall_s": w_o, "transformers_wall_s": w_h,
@@ -153,7 +158,10 @@ def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast
     t_warm = time.perf_counter()
     run_ours()  # with compile: compiling happens here
     t_warm = time.perf_counter() - t_warm
-    t_o, t_h = paired_times(run_ours, run_hf, repeat)
+    cpu_o, cpu_h = [], []  # process CPU time of the same runs: at 1 thread the compute itself
+    t_o, t_h = paired_times(recorded(run_ours, cpu_o, time.process_time),
+                            recorded(run_hf, cpu_h, time.process_time), repeat)
+    c_o, c_h = statistics.median(cpu_o[1:]), statistics.median(cpu_h[1:])  # [0]: warm-up
     a, b = run_ours(), run_hf()
     same = sum(1 for i, j in zip(a, b, strict=False) if i == j)
     return {
@@ -162,6 +170,7 @@ def decode_rates(cfg, ours, hf, prompt_len: int, new: int, repeat: int, autocast
         "ours_tok_s": new / t_o,
         "transformers_tok_s": new / t_h,
         "speedup": t_h / t_o,
+        "speedup_cpu": c_h / c_o,  # process time: on a loaded machine the steadier clock at 1 thread
         "same_greedy_prefix": next((i for i, (p, q) in enumerate(zip(a, b, strict=False)) if p != q), new),
         "same_tokens": same,
         "autocast_bf16": autocast,
