@@ -274,6 +274,7 @@ def set_compile(enabled: bool) -> None:
         from dsv4.model import mhc_fused  # imports this module: loaded on first use
 
         _COMPILED["pre"], _COMPILED["post"] = mhc_fused.stream_pre, mhc_fused.stream_post
+        _COMPILED["sinkhorn"] = mhc_fused.sinkhorn
 
 
 def compile_enabled() -> bool:
@@ -418,7 +419,7 @@ class HyperConnection(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             h, post, res = _COMPILED["pre"](xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps,
                                             link=link)
-            comb = self._project(res)
+            comb = res if self.unconstrained else _COMPILED["sinkhorn"](res, self.iters, self.eps)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb.reshape(*lead, n, n)[0].detach())  # first sequence only
         y = sublayer(h.reshape(*lead, d))
