@@ -160,14 +160,15 @@ def _gate(h, key, value, query_norm, key_norm, eps: float):
 
 def _gate_norm(h, key, value, query_norm, key_norm, conv_norm, eps: float):
     """`_gate` and the conv input RMSNorm(U) of `_short_conv` in one function, for torch.compile:
-    -> (alpha, U, RMSNorm(U)), fp32."""
+    -> (alpha fp32, U, RMSNorm(U)), U and its norm stored in h's dtype (computed in fp32): bf16
+    mHC streams halve the n-wide buffers (the eager path rounds the conv and U + conv to bf16 too)."""
     alpha, u = _gate(h, key, value, query_norm, key_norm, eps)
-    return alpha, u, _rms(u, conv_norm, eps)
+    return alpha, u.to(h.dtype), _rms(u, conv_norm, eps).to(h.dtype)
 
 
 def _silu_add(h, conv, u):
     """h + SiLU(conv) + U in h's dtype (the residual add of Engram.forward), for torch.compile."""
-    return (h.float() + F.silu(conv) + u).to(h.dtype)
+    return (h.float() + F.silu(conv.float()) + u.float()).to(h.dtype)
 
 
 def _shifted(z, s: int, T: int):
@@ -183,7 +184,7 @@ def _conv_fwd(z, taps, dilation: int):
     out = z * taps[k - 1]
     for i in range(k - 1):
         out = out + _shifted(z, (k - 1 - i) * dilation, T) * taps[i]
-    return out
+    return out.to(z.dtype)
 
 
 def _conv_bwd(g, z, taps, dilation: int):
@@ -193,14 +194,15 @@ def _conv_bwd(g, z, taps, dilation: int):
     the k sums and dL/dz one pass over g and z (on slices of unequal lengths it made k passes:
     2x the time once the n-wide z no longer fits in the cache)."""
     k, T = taps.shape[0], z.shape[1]
+    g, z32 = g.float(), z.float()  # bf16 buffers (bf16 mHC streams): fp32 products and sums
     g_z = g * taps[k - 1]
     g_taps = [None] * k
-    g_taps[k - 1] = (g * z).sum(dim=(0, 1))
+    g_taps[k - 1] = (g * z32).sum(dim=(0, 1))
     for i in range(k - 1):
         g_s = _shifted(g, -(k - 1 - i) * dilation, T)
         g_z = g_z + g_s * taps[i]
-        g_taps[i] = (g_s * z).sum(dim=(0, 1))
-    return g_z, torch.stack(g_taps)
+        g_taps[i] = (g_s * z32).sum(dim=(0, 1))
+    return g_z.to(z.dtype), torch.stack(g_taps)
 
 
 class _CausalConv(torch.autograd.Function):
