@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from dsv4.model.mhc import _gates, _head_weights
 
@@ -92,9 +93,19 @@ def _pre_bwd_x(x, g_h, w, c, g_x):
 
 
 def _post_fwd(x, comb, post, y):
-    """out_k = post_k y + sum_j comb[j, k] x_j (comb transposed), in x's dtype."""
-    out = post.unsqueeze(-1) * y.float().unsqueeze(-2) + _mix(comb.unsqueeze(-1), x.unsqueeze(-2))
-    return out.to(x.dtype)
+    """out_k = post_k y + sum_j comb[j, k] x_j (comb transposed), in x's dtype. Written per output
+    stream from the n input streams converted once: inductor then loops over (token, channel)
+    with every x_j loaded once for all n outputs (~30% faster than one loop over [N, n, D],
+    which reloads and converts each x_j for every k)."""
+    n = x.shape[1]
+    xs, y32 = [x[:, j].float() for j in range(n)], y.float()
+    outs = []
+    for k in range(n):
+        out = post[:, k:k + 1] * y32
+        for j in range(n):
+            out = out + comb[:, j, k:k + 1] * xs[j]
+        outs.append(out.to(x.dtype))
+    return torch.stack(outs, dim=1)
 
 
 def _post_bwd(g, x, comb, post, y):
@@ -192,7 +203,9 @@ class _StreamPre(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, phi, alpha, bias, n, eps, norm_eps, head, link):
         flat = x.view(x.shape[0], -1)
-        raw = flat @ phi.to(x.dtype).t()  # bf16 under autocast: the stream's dtype
+        m = phi.shape[0]
+        pad = -m % 16 if m > 16 else 0  # oneDNN's bf16 product with 24 columns takes ~1.7x as long as with 32
+        raw = (flat @ F.pad(phi.to(x.dtype), (0, 0, 0, pad)).t())[:, :m]  # bf16 under autocast
         h, w, post, res, rstd = _kernel("pre_fwd", head)(x, raw, alpha, bias, n, eps, norm_eps, head)
         ctx.save_for_backward(x, phi, alpha, bias, raw, rstd, w)
         ctx.args = (n, eps, head, link)

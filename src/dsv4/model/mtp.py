@@ -75,8 +75,8 @@ class MTPBlock(nn.Module):
         e = self.e_proj(self.enorm(embed(next_ids)))
         if mhc.compile_enabled() and torch.is_grad_enabled():  # the fused training path (mhc.set_compile)
             with torch.autocast(device_type=streams.device.type, enabled=False):
-                h = compiled(_norm_proj)(streams, self.hnorm.weight, self.h_proj.weight, self.hnorm.eps,
-                                         e.dtype)
+                h = compiled(_norm_proj, self.hc_mult)(streams, self.hnorm.weight, self.h_proj.weight,
+                                                       self.hnorm.eps, e.dtype)
         else:
             h = self.h_proj(self.hnorm(streams))
         x = h + (e.unsqueeze(-2) if self.hc_mult > 1 else e)
