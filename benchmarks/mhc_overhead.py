@@ -5,8 +5,9 @@ One training step = bf16-autocast forward + loss + backward + AdamW step (the sh
 that load from other processes on a shared machine hits both alike; the ratio of the
 median step times is reported. The paper reports 1.067 with fused GPU kernels; unfused
 public ports run ~1.5x. By default the fused stream path is on (`dsv4.model.mhc.set_compile`:
-mhc_fused.py's autograd Functions over compiled loops for the mHC passes, and Engram's
-per-stream gate and conv, which both models use; ~1-2 min of compiling; both models otherwise
+mhc_fused.py's autograd Functions over compiled loops for the mHC passes and Sinkhorn, and
+Engram's per-stream gate and conv and MTP's hnorm + h_proj, which both models use; ~2-3 min
+of compiling on a cold inductor cache; both models otherwise
 eager, the baseline's residual is a bare add); `--no-compile-hc` measures the eager
 hand-written autograd path; `--compile` wraps both whole models in torch.compile (very slow
 to compile here).

@@ -236,7 +236,8 @@ def test_hyper_connection_eager_path_matches_fused_path(monkeypatch, autocast):
 
     eager = run()
     monkeypatch.setattr(mhc_fused, "_kernel", lambda name, head=False: mhc_fused._KERNELS[name])
-    monkeypatch.setattr(mhc, "_COMPILED", {"pre": mhc_fused.stream_pre, "post": mhc_fused.stream_post})
+    monkeypatch.setattr(mhc, "_COMPILED", {"pre": mhc_fused.stream_pre, "post": mhc_fused.stream_post,
+                                           "sinkhorn": mhc_fused.sinkhorn})
     plain = run()
     for a, b in zip(eager, plain, strict=True):
         # bf16 streams (autocast): the two sum in different orders before the final rounding

@@ -107,15 +107,16 @@ class Engram(nn.Module):
     def _fused_forward(self, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate alpha, h + Y): the same maths as the eager path with the per-stream elementwise
         passes fused by torch.compile (norms and gate; SiLU and the sums) around an fp32 conv
-        (`_CausalConv`), ~4x less time than the eager path at n = 4."""
+        (`_CausalConv`), ~4x less time than the eager path at n = 4. Each stream count compiles its
+        own kernels (`compiled(fn, n)`): a second n would otherwise turn them dynamic (slower)."""
         B, T, n, D = h.shape
         key, value = self.key_proj(e), self.value_proj(e)  # the projections stay autocast matmuls
         with torch.autocast(device_type=h.device.type, enabled=False):
-            alpha, u, z = compiled(_gate_norm)(h, key.view(B, T, n, D), value, self.query_norm,
+            alpha, u, z = compiled(_gate_norm, n)(h, key.view(B, T, n, D), value, self.query_norm,
                                             self.key_norm, self.conv_norm, self.eps)
             taps = self.conv_weight.view(n, D, self.kernel_size).permute(2, 0, 1)  # [k, n, D]
             conv = _CausalConv.apply(z, taps.float(), self.dilation)
-            return alpha, compiled(_silu_add)(h, conv, u)
+            return alpha, compiled(_silu_add, n)(h, conv, u)
 
     def gated_value(self, h: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Streams h [B, T, n, D], memory e [B, T, engram_dim] -> (gate alpha [B, T, n],
@@ -160,14 +161,15 @@ def _gate(h, key, value, query_norm, key_norm, eps: float):
 
 def _gate_norm(h, key, value, query_norm, key_norm, conv_norm, eps: float):
     """`_gate` and the conv input RMSNorm(U) of `_short_conv` in one function, for torch.compile:
-    -> (alpha, U, RMSNorm(U)), fp32."""
+    -> (alpha fp32, U, RMSNorm(U)), U and its norm stored in h's dtype (computed in fp32): bf16
+    mHC streams halve the n-wide buffers (the eager path rounds the conv and U + conv to bf16 too)."""
     alpha, u = _gate(h, key, value, query_norm, key_norm, eps)
-    return alpha, u, _rms(u, conv_norm, eps)
+    return alpha, u.to(h.dtype), _rms(u, conv_norm, eps).to(h.dtype)
 
 
 def _silu_add(h, conv, u):
     """h + SiLU(conv) + U in h's dtype (the residual add of Engram.forward), for torch.compile."""
-    return (h.float() + F.silu(conv) + u).to(h.dtype)
+    return (h.float() + F.silu(conv.float()) + u.float()).to(h.dtype)
 
 
 def _shifted(z, s: int, T: int):
@@ -183,21 +185,25 @@ def _conv_fwd(z, taps, dilation: int):
     out = z * taps[k - 1]
     for i in range(k - 1):
         out = out + _shifted(z, (k - 1 - i) * dilation, T) * taps[i]
-    return out
+    return out.to(z.dtype)
 
 
 def _conv_bwd(g, z, taps, dilation: int):
     """(dL/dz, dL/dtaps) of `_conv_fwd`: the same conv run backwards in time, and per tap a
-    sum over (batch, time) of the gradient times the shifted input (on plain slices)."""
+    sum over (batch, time) of the advanced gradient times the input. Every sum runs over the
+    same full [B, T] range (the advanced gradient is zero-padded at the end), so inductor makes
+    the k sums and dL/dz one pass over g and z (on slices of unequal lengths it made k passes:
+    2x the time once the n-wide z no longer fits in the cache)."""
     k, T = taps.shape[0], z.shape[1]
+    g, z32 = g.float(), z.float()  # bf16 buffers (bf16 mHC streams): fp32 products and sums
     g_z = g * taps[k - 1]
     g_taps = [None] * k
-    g_taps[k - 1] = (g * z).sum(dim=(0, 1))
+    g_taps[k - 1] = (g * z32).sum(dim=(0, 1))
     for i in range(k - 1):
-        s = (k - 1 - i) * dilation
-        g_z = g_z + _shifted(g, -s, T) * taps[i]
-        g_taps[i] = (g[:, s:] * z[:, :T - s]).sum(dim=(0, 1))
-    return g_z, torch.stack(g_taps)
+        g_s = _shifted(g, -(k - 1 - i) * dilation, T)
+        g_z = g_z + g_s * taps[i]
+        g_taps[i] = (g_s * z32).sum(dim=(0, 1))
+    return g_z.to(z.dtype), torch.stack(g_taps)
 
 
 class _CausalConv(torch.autograd.Function):
@@ -210,12 +216,12 @@ class _CausalConv(torch.autograd.Function):
     def forward(ctx, z, taps, dilation):
         ctx.save_for_backward(z, taps)
         ctx.dilation = dilation
-        return compiled(_conv_fwd)(z, taps, dilation)
+        return compiled(_conv_fwd, z.shape[2:])(z, taps, dilation)
 
     @staticmethod
     def backward(ctx, g):
         z, taps = ctx.saved_tensors
-        g_z, g_taps = compiled(_conv_bwd)(g, z, taps, ctx.dilation)
+        g_z, g_taps = compiled(_conv_bwd, z.shape[2:])(g, z, taps, ctx.dilation)
         return g_z, g_taps, None
 
 

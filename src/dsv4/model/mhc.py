@@ -21,7 +21,8 @@ not FLOPs): the three stream passes (RMS mix, pre-mix, post/res mix) and Sinkhor
 a hand-written backward that touches the stream as few times as we can with stock ops;
 `set_compile(True)` (or DSV4_MHC_COMPILE=1) switches training to mhc_fused.py instead:
 autograd Functions with hand-derived backwards around torch.compile'd forward-only loops,
-fewer passes still (Engram's per-stream gate and conv follow the same switch;
+fewer passes still, Sinkhorn one compiled pass each way (Engram's per-stream gate and conv
+and MTP's per-stream hnorm + h_proj follow the same switch;
 benchmarks/mhc_overhead.py, README). Inference (no grad) always takes the plain no-grad path.
 
 n = 1 is not routed through this module at all: `make_residual` returns the plain
@@ -263,10 +264,11 @@ _COMPILED: dict[str, object] = {}
 
 
 def set_compile(enabled: bool) -> None:
-    """Run the stream passes of every HyperConnection and HyperHead (and Engram's per-stream
-    gate and conv) through the fused path of mhc_fused.py: autograd Functions whose forward
-    and backward are bf16 matmuls plus torch.compile'd loops over the stream. Off by
-    default: compiling costs ~1 min per shape, too much for tests and short runs
+    """Run the stream passes and Sinkhorn of every HyperConnection and HyperHead (and Engram's
+    per-stream gate and conv, MTP's per-stream hnorm + h_proj) through the fused path of
+    mhc_fused.py: autograd Functions whose forward and backward are bf16 matmuls plus
+    torch.compile'd loops over the stream. Off by default: compiling costs ~1-2 min per
+    shape (Sinkhorn's unrolled backward most of it), too much for tests and short runs
     (benchmarks/mhc_overhead.py turns it on). Also on with DSV4_MHC_COMPILE=1.
     """
     _COMPILED.clear()
@@ -274,6 +276,7 @@ def set_compile(enabled: bool) -> None:
         from dsv4.model import mhc_fused  # imports this module: loaded on first use
 
         _COMPILED["pre"], _COMPILED["post"] = mhc_fused.stream_pre, mhc_fused.stream_post
+        _COMPILED["sinkhorn"] = mhc_fused.sinkhorn
 
 
 def compile_enabled() -> bool:
@@ -418,7 +421,7 @@ class HyperConnection(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             h, post, res = _COMPILED["pre"](xs, self.phi, self.alpha, self.bias, n, self.eps, self.norm_eps,
                                             link=link)
-            comb = self._project(res)
+            comb = res if self.unconstrained else _COMPILED["sinkhorn"](res, self.iters, self.eps)
         if ctx is not None and getattr(ctx, "hc_record", None) is not None:
             ctx.hc_record.append(comb.reshape(*lead, n, n)[0].detach())  # first sequence only
         y = sublayer(h.reshape(*lead, d))

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsv4.config import ModelConfig
+from dsv4.model import mhc
 from dsv4.model.mhc import HyperHead
-from dsv4.model.norm import RMSNorm
+from dsv4.model.mhc_fused import compiled
+from dsv4.model.norm import RMSNorm, rms_normalize
 
 
 def mtp_weight(cfg: ModelConfig, progress: float) -> float:
@@ -49,6 +51,13 @@ def mtp_targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return next_ids, later
 
 
+def _norm_proj(x, norm_weight, weight, eps: float, dtype):
+    """h_proj(hnorm(x)) as the eager modules compute it (norm in fp32, cast to x's dtype, matmul in
+    `dtype`), for torch.compile: on the n-wide mHC streams the norm's eager elementwise passes
+    and their autograd cost twice the matmuls; compiled they are one loop each way."""
+    return rms_normalize(x, eps, norm_weight).to(dtype) @ weight.to(dtype).t()
+
+
 class MTPBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, block: nn.Module):
         super().__init__()
@@ -64,7 +73,12 @@ class MTPBlock(nn.Module):
     def forward(self, streams: torch.Tensor, next_ids: torch.Tensor, embed: nn.Module, ctx) -> torch.Tensor:
         """Final-normed MTP hidden states [B, T, D] (feed to the shared head)."""
         e = self.e_proj(self.enorm(embed(next_ids)))
-        h = self.h_proj(self.hnorm(streams))
+        if mhc.compile_enabled() and torch.is_grad_enabled():  # the fused training path (mhc.set_compile)
+            with torch.autocast(device_type=streams.device.type, enabled=False):
+                h = compiled(_norm_proj, self.hc_mult)(streams, self.hnorm.weight, self.h_proj.weight,
+                                                       self.hnorm.eps, e.dtype)
+        else:
+            h = self.h_proj(self.hnorm(streams))
         x = h + (e.unsqueeze(-2) if self.hc_mult > 1 else e)
         x = self.block(x, ctx)
         if self.hc_head is not None:
