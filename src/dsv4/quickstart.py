@@ -56,8 +56,9 @@ ONPOLICY_LR = {"lr": 1e-4, "muon_lr": 5e-4}
 # Engine slots for the held-out answers (36 balanced tasks x (1 greedy + 4 samples), queued
 # and decoded 72 at a time as slots free).
 HELDOUT_BATCH = 72
+# RL trains on its own half of the train split (`train_part`), instances SFT never showed.
 RL_DEFAULTS = {"group_size": 8, "tasks_per_step": 8, "max_new_tokens": 64, "partial_credit": True,
-               "lr": 5e-4, "muon_lr": 5e-4}
+               "lr": 5e-4, "muon_lr": 5e-4, "train_part": "rl"}
 
 
 @dataclass
@@ -171,11 +172,7 @@ def quickstart(cfg: QuickstartConfig) -> dict:
     mins = plan["stage_min"]
 
     def base(run_dir: Path, preset: str, ov: dict, **kw) -> TrainConfig:
-        d = dict(preset=preset, out_dir=str(run_dir), data_dir=str(out / "data"), overrides=dict(ov),
-                 seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.seq_len or 256, eval_every=200,
-                 save_every=50, progress=cfg.progress, threads=cfg.threads, resume=_resume(run_dir))
-        d.update(kw)
-        return TrainConfig(**d)
+        return _train_config(cfg, out, run_dir, preset, ov, **kw)
 
     stages: dict = {}
 
@@ -188,31 +185,12 @@ def quickstart(cfg: QuickstartConfig) -> dict:
         d, pretrain(base(d, cfg.preset, overrides, time_budget_min=mins["pretrain"]), data=data))
 
     # ---- 3. sft ---------------------------------------------------------------------------
-    from dsv4.train.sft import sft, sft_tasks
-
     rule(3, f"sft on generated tasks ({mins['sft']:.1f} min)")
-    d = out / "sft"
-    if not (s := _done(d)):
-        # unique=False: every family keeps its share, however few instances it has
-        tasks = sft_tasks(n=cfg.sft_tasks, seed=cfg.seed, difficulty=tuple(cfg.difficulty),
-                          families=_families(cfg), unique=False)
-        tc = base(d, cfg.preset, overrides, time_budget_min=mins["sft"], batch_size=cfg.sft_batch_size,
-                  seq_len=cfg.max_seq_len, lr=cfg.sft_lr, muon_lr=cfg.sft_lr * 10 / 3, warmup_steps=10)
-        s = _finish(d, sft(tc, out / "pretrain", tasks=tasks, data=data, think=cfg.think))
-    stages["sft"] = s
+    stages["sft"] = _done(out / "sft") or _finish(out / "sft", run_sft(cfg, out, data, mins["sft"]))
 
     # ---- 4. rl ------------------------------------------------------------------------------
-    from dsv4.train.rl import RLConfig, rl
-
     rule(4, f"rl: GRPO with unit-test rewards ({mins['rl']:.1f} min)")
-    d = out / "rl"
-    if not (s := _done(d)):
-        rc = RLConfig(out_dir=str(d), init=str(out / "sft"), time_budget_min=mins["rl"], seed=cfg.seed,
-                      threads=cfg.threads, progress=cfg.progress, resume=_resume(d),
-                      difficulty_min=cfg.difficulty[0], difficulty_max=cfg.difficulty[1],
-                      families=_families(cfg), think=cfg.think, **cfg.rl)
-        s = _finish(d, rl(rc))
-    stages["rl"] = s
+    stages["rl"] = _done(out / "rl") or _finish(out / "rl", run_rl(cfg, out, mins["rl"]))
 
     # ---- 5. distill, 6. scratch -----------------------------------------------------------------
     from dsv4.train.distill import DistillConfig, distill
@@ -277,6 +255,45 @@ def quickstart(cfg: QuickstartConfig) -> dict:
 
     result["report"] = str(write_report(out))
     return result
+
+
+def _train_config(cfg: QuickstartConfig, out: Path, run_dir: Path, preset: str, ov: dict, **kw):
+    from dsv4.train.config import TrainConfig
+
+    d = dict(preset=preset, out_dir=str(run_dir), data_dir=str(out / "data"), overrides=dict(ov),
+             seed=cfg.seed, batch_size=cfg.batch_size, seq_len=cfg.seq_len or 256, eval_every=200,
+             save_every=50, progress=cfg.progress, threads=cfg.threads, resume=_resume(run_dir))
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def run_sft(cfg: QuickstartConfig, out: Path, data, minutes: float, max_steps: int = 0) -> dict:
+    """The SFT stage: OUT/pretrain -> OUT/sft on the starter families' train split (SFT's half
+    of it when RL trains on the other half: `rl["train_part"] == "rl"`), for `minutes` (or
+    `max_steps` steps)."""
+    from dsv4.train.sft import sft, sft_tasks
+
+    # unique=False: every family keeps its share, however few instances it has
+    part = "sft" if cfg.rl.get("train_part") == "rl" else None
+    tasks = sft_tasks(n=cfg.sft_tasks, seed=cfg.seed, difficulty=tuple(cfg.difficulty),
+                      families=_families(cfg), unique=False, part=part)
+    ov = {"max_seq_len": cfg.max_seq_len, **(cfg.overrides or {})}
+    tc = _train_config(cfg, out, out / "sft", cfg.preset, ov, time_budget_min=0 if max_steps else minutes,
+                       max_steps=max_steps, batch_size=cfg.sft_batch_size, seq_len=cfg.max_seq_len,
+                       lr=cfg.sft_lr, muon_lr=cfg.sft_lr * 10 / 3, warmup_steps=10)
+    return sft(tc, out / "pretrain", tasks=tasks, data=data, think=cfg.think)
+
+
+def run_rl(cfg: QuickstartConfig, out: Path, minutes: float, max_steps: int = 0) -> dict:
+    """The RL stage: GRPO from OUT/sft into OUT/rl with `cfg.rl`, for `minutes` (or `max_steps`)."""
+    from dsv4.train.rl import RLConfig, rl
+
+    d = out / "rl"
+    rc = RLConfig(out_dir=str(d), init=str(out / "sft"), time_budget_min=0 if max_steps else minutes,
+                  max_steps=max_steps, seed=cfg.seed, threads=cfg.threads, progress=cfg.progress,
+                  resume=_resume(d), difficulty_min=cfg.difficulty[0], difficulty_max=cfg.difficulty[1],
+                  families=_families(cfg), think=cfg.think, **cfg.rl)
+    return rl(rc)
 
 
 def _families(cfg: QuickstartConfig) -> list | None:
