@@ -16,8 +16,10 @@ first run and kept in DIR/quickstart.json; the scratch baseline is sized by the
 distillation's step count and the evaluation by counts (tasks, tokens), their time taken
 from the reserve. SFT, RL and the held-out evaluation use the starter task families
 (dsv4.tasks.STARTER_FAMILIES: one-line templates around a constant from the docstring),
-the problems a model trained for minutes can learn to solve; the held-out instances are a
-disjoint part of the same families (dsv4.tasks.generate), the same number from each family
+the problems a model trained for minutes can learn to solve; SFT and RL draw from disjoint
+halves of the train split (RL's reward is on instances SFT never showed), and the held-out
+instances are a third, disjoint part of the same families (dsv4.tasks.generate), the same
+number from each family
 (`heldout_per_family`), and pass@1 is the mean over samples at temperature 0.6 / top-p 0.95
 (DeepSeek-R1's protocol) with the greedy pass@1 beside it (dsv4.eval.tasks).
 """
@@ -90,8 +92,7 @@ class QuickstartConfig:
     sft_lr: float = 3e-3
     rl: dict = field(default_factory=lambda: dict(RL_DEFAULTS))
     # evaluation sizes: the held-out set takes `heldout_per_family` tasks of each family (0: the
-    # first `heldout_n` of the uniform stream, where remove_chars, the one large held-out space
-    # among the starter families, fills ~3/4 of it); pass@1 is the mean over
+    # first `heldout_n` of the uniform stream); pass@1 is the mean over
     # `heldout_samples` samples at DeepSeek-R1's temperature 0.6 / top-p 0.95 (0: greedy), and
     # the greedy pass@1 is always recorded beside it
     heldout_n: int = 100
