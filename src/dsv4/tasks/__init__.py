@@ -9,7 +9,16 @@ Rewards (`dsv4.tasks.reward`) run completions against the hidden tests in the sa
 tests assert that no prompt shares a 13-gram with it. No torch here.
 """
 
-from dsv4.tasks.generate import SPLITS, STARTER_FAMILIES, balanced_tasks, generate_tasks, iter_tasks, split_of
+from dsv4.tasks.generate import (
+    SPLITS,
+    STARTER_FAMILIES,
+    TRAIN_PARTS,
+    balanced_tasks,
+    generate_tasks,
+    iter_tasks,
+    part_of,
+    split_of,
+)
 from dsv4.tasks.registry import FAMILIES
 from dsv4.tasks.task import Task, TestCase, load_tasks, save_tasks
 
@@ -17,12 +26,14 @@ __all__ = [
     "FAMILIES",
     "SPLITS",
     "STARTER_FAMILIES",
+    "TRAIN_PARTS",
     "Task",
     "TestCase",
     "balanced_tasks",
     "generate_tasks",
     "iter_tasks",
     "load_tasks",
+    "part_of",
     "save_tasks",
     "split_of",
 ]

@@ -153,14 +153,19 @@ def top_keys(r):
     )
 
 
+_COMPARE = {">": "greater than", ">=": "at least", "<": "less than", "<=": "at most"}
+_CMP_NAME = {">": "above", ">=": "at_least", "<": "below", "<=": "at_most"}
+
+
 @family("dicts")
 def filter_dict(r):
-    t = r.randint(0, 15)
+    t = r.randint(0, 40)
     ret = r.choice(["dict", "keys", "count"])
+    cmp = r.choice(sorted(_COMPARE))
     body = {
-        "dict": f"return {{k: v for k, v in d.items() if v > {t}}}",
-        "keys": f"return sorted(k for k, v in d.items() if v > {t})",
-        "count": f"return sum(1 for v in d.values() if v > {t})",
+        "dict": f"return {{k: v for k, v in d.items() if v {cmp} {t}}}",
+        "keys": f"return sorted(k for k, v in d.items() if v {cmp} {t})",
+        "count": f"return sum(1 for v in d.values() if v {cmp} {t})",
     }[ret]
     what = {
         "dict": "a dict of only the entries",
@@ -168,15 +173,16 @@ def filter_dict(r):
         "count": "how many entries there are",
     }[ret]
     return Spec(
-        params={"t": t, "ret": ret},
-        name=f"above_{t}_{ret}",
+        # "greater than" keeps its old params, so those instances (and their split) stay the same
+        params={"t": t, "ret": ret} if cmp == ">" else {"t": t, "ret": ret, "cmp": cmp},
+        name=f"{_CMP_NAME[cmp]}_{t}_{ret}",
         args=D,
         returns={"dict": "dict[str, int]", "keys": "list[str]", "count": "int"}[ret],
-        doc=f"Return {what} of d whose value is greater than {t}.",
+        doc=f"Return {what} of d whose value is {_COMPARE[cmp]} {t}.",
         body=body,
-        gen=lambda r: (str_int_dict(r, 6, 0, 25),),
+        gen=lambda r: (str_int_dict(r, 6, max(0, t - 12), t + 12),),
         edge=[({},)],
-        plan=f"Go over the items and keep the ones with a value above {t}.",
+        plan=f"Go over the items and keep the ones with a value {_COMPARE[cmp]} {t}.",
     )
 
 
@@ -219,7 +225,7 @@ def dict_stats(r):
 
 @family("dicts")
 def lookup_default(r):
-    default = r.randint(-1, 5)
+    default = r.randint(-1, 5) if r.random() < 0.2 else r.randint(-99, 300)
     return Spec(
         params={"default": default},
         name="lookup_all",

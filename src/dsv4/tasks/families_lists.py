@@ -173,18 +173,21 @@ def pair_sum_count(r):
 
 @family("lists")
 def every_kth(r):
-    k = r.randint(2, 4)
-    off = r.randint(0, k - 1)
+    k = r.randint(2, 10)
+    off = r.randint(0, 14)
+    end = r.choice(["start", "end"])  # positions counted from the front or from the back
+    src = "nums" if end == "start" else "nums[::-1]"
+    where = "" if end == "start" else ", counting positions from the end (the last element is position 0)"
     return Spec(
-        params={"k": k, "offset": off},
-        name=f"every_{k}th_from_{off}",
+        params={"k": k, "offset": off} if end == "start" else {"k": k, "offset": off, "from": end},
+        name=f"every_{k}th_from_{off}" if end == "start" else f"every_{k}th_from_{off}_of_reversed",
         args=NUMS,
         returns="list[int]",
-        doc=f"Return the elements of nums at positions {off}, {off + k}, {off + 2 * k}, and so on.",
-        body=f"return nums[{off}::{k}]",
-        gen=lambda r: (ints(r, 0, 30, 0, 12),),
+        doc=f"Return the elements of nums at positions {off}, {off + k}, {off + 2 * k}, and so on{where}.",
+        body=f"return {src}[{off}::{k}]",
+        gen=lambda r: (ints(r, 0, 30, 0, max(10, off + k + 2)),),
         edge=[([],)],
-        plan=f"Slice from {off} with step {k}.",
+        plan=f"Slice {src} from {off} with step {k}.",
     )
 
 
@@ -287,8 +290,8 @@ def indices_of(r):
 
 @family("lists")
 def clamp_list(r):
-    lo = r.randint(-3, 3)
-    hi = lo + r.randint(2, 8)
+    lo = r.randint(-40, 40)
+    hi = lo + r.randint(1, 40)
     return Spec(
         params={"lo": lo, "hi": hi},
         name="clamp_values",
@@ -297,7 +300,7 @@ def clamp_list(r):
         doc=f"Return nums with every value below {lo} raised to {lo} and every value above {hi} "
         f"lowered to {hi}.",
         body=f"return [min(max(x, {lo}), {hi}) for x in nums]",
-        gen=lambda r: (ints(r, lo - 5, hi + 5),),
+        gen=lambda r: (ints(r, lo - 9, hi + 9),),
         edge=[([],)],
         plan=f"Apply max with {lo} and then min with {hi} to each element.",
     )

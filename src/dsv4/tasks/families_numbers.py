@@ -38,17 +38,37 @@ def digit_op(r):
 
 @family("arithmetic")
 def count_digit(r):
-    d = r.randint(0, 9)
+    # A single digit, a digit string of two or three (non-overlapping, as str.count), or the
+    # digits above/below a bound: the constant is in the docstring and the function name.
+    kind = r.choice(["digit", "string", "string", "above", "below"])
+    if kind == "digit":
+        d = r.randint(0, 9)
+        params, name, pat = {"d": d}, f"count_digit_{d}", str(d)
+        what = f"how many times the digit {d} occurs"
+        body, plan = f"return str(n).count('{d}')", f"Convert n to a string and count the character '{d}'."
+    elif kind == "string":
+        pat = "".join(r.choice("0123456789") for _ in range(r.randint(2, 3)))
+        params, name = {"d": pat, "kind": kind}, f"count_digits_{pat}"
+        what = f"how many times the digit string '{pat}' occurs (non-overlapping)"
+        body, plan = f"return str(n).count('{pat}')", f"Convert n to a string and count '{pat}' in it."
+    else:
+        d = r.randint(0, 8) if kind == "above" else r.randint(1, 9)
+        op, word = (">", "greater than") if kind == "above" else ("<", "less than")
+        params, name, pat = {"d": d, "kind": kind}, f"count_digits_{kind}_{d}", str(d)
+        what = f"how many digits {word} {d} there are"
+        body = f"return sum(1 for c in str(n) if int(c) {op} {d})"
+        plan = f"Go over the digits of str(n) and count those {word} {d}."
     return Spec(
-        params={"d": d},
-        name=f"count_digit_{d}",
+        params=params,
+        name=name,
         args=N,
         returns="int",
-        doc=f"Count how many times the digit {d} occurs in the decimal form of the non-negative integer n.",
-        body=f"return str(n).count('{d}')",
-        gen=lambda r: (int("".join(r.choice(f"{d}{d}0123456789") for _ in range(r.randint(1, 8)))),),
+        doc=f"Count {what} in the decimal form of the non-negative integer n.",
+        body=body,
+        gen=lambda r: (int("".join(r.choice(["0123456789"[r.randint(0, 9)], pat])
+                                   for _ in range(r.randint(1, 6)))),),
         edge=[(0,)],
-        plan=f"Convert n to a string and count the character '{d}'.",
+        plan=plan,
     )
 
 
@@ -146,7 +166,7 @@ def fizz_words(r):
 
 @family("arithmetic")
 def multiples_sum(r):
-    a, b = sorted(r.sample(range(2, 10), 2))
+    a, b = sorted(r.sample(range(2, 31), 2))
     return Spec(
         params={"a": a, "b": b},
         name=f"sum_multiples_{a}_{b}",
@@ -154,7 +174,7 @@ def multiples_sum(r):
         returns="int",
         doc=f"Return the sum of the positive integers below n that are multiples of {a} or {b}.",
         body=f"return sum(i for i in range(1, n) if i % {a} == 0 or i % {b} == 0)",
-        gen=lambda r: (r.randint(0, 60),),
+        gen=lambda r: (r.randint(0, 4 * b),),
         edge=[(0,)],
         plan="Loop below n and add numbers divisible by either value.",
     )

@@ -9,43 +9,79 @@ from dsv4.tasks.task import Spec
 
 _CLASSES = {  # name -> (phrase, membership test source)
     "vowels": ("vowels (a, e, i, o, u in either case)", 'c.lower() in "aeiou"'),
+    "consonants": ("consonants (letters other than a, e, i, o, u, in either case)",
+                   'c.isalpha() and c.lower() not in "aeiou"'),
     "digits": ("decimal digits", "c.isdigit()"),
     "upper": ("uppercase letters", "c.isupper()"),
+    "lower": ("lowercase letters", "c.islower()"),
+    "letters": ("letters", "c.isalpha()"),
+    "alnum": ("letters and digits", "c.isalnum()"),
     "spaces": ("space characters", 'c == " "'),
     "punct": ("characters from the set ',.!?-'", 'c in ",.!?-"'),
 }
+# Besides the named classes, an instance may count the characters of an explicit set (stated in
+# the docstring), which gives the family hundreds of instances: a model must read the set.
+_SET_POOL = string.ascii_letters + string.digits + ",.!?-"
 
 
 @family("strings")
 def count_char_class(r):
-    cls = r.choice(sorted(_CLASSES))
-    phrase, test = _CLASSES[cls]
+    if r.random() < 0.3:
+        cls = r.choice(sorted(_CLASSES))
+        phrase, test = _CLASSES[cls]
+        params, name = {"cls": cls}, f"count_{cls}"
+    else:
+        chars = "".join(sorted(r.sample(_SET_POOL, r.randint(2, 4))))
+        phrase, test = f"characters that are one of {chars!r}", f"c in {chars!r}"
+        params, name = {"cls": "set", "chars": chars}, "count_chars_in_set"
     return Spec(
-        params={"cls": cls},
-        name=f"count_{cls}",
+        params=params,
+        name=name,
         args=[("s", "str")],
         returns="int",
         doc=f"Count the {phrase} in the string s.",
         body=f"return sum(1 for c in s if {test})",
-        gen=lambda r: (mixed_text(r),),
+        gen=lambda r: (mixed_text(r) + "".join(r.choice(_SET_POOL) for _ in range(r.randint(0, 4))),),
         edge=[("",)],
         plan=f"Walk over the characters of s and count those that are {phrase}.",
     )
 
 
+# What count_letter counts: a letter ignoring case, one character exactly, or a two-letter
+# substring (non-overlapping, as str.count); the constant is in the docstring and the name.
+_COUNT_CHARS = string.ascii_letters + string.digits + "!?.,-#*"
+
+
 @family("strings")
 def count_letter(r):
-    ch = r.choice(string.ascii_lowercase)
+    kind = r.choice(["letter", "char", "substring"])
+    if kind == "letter":
+        ch = r.choice(string.ascii_lowercase)
+        name, what, body = f"count_letter_{ch}", f"the letter {ch!r} appears in s, ignoring case", \
+            f"return s.lower().count({ch!r})"
+        alphabet = string.ascii_letters[:8] + ch + ch.upper() + " "
+    elif kind == "char":
+        ch = r.choice(_COUNT_CHARS)
+        label = ch if ch.isalnum() else f"sym{ord(ch)}"
+        name, what, body = f"count_char_{label}", f"the character {ch!r} appears in s (case matters)", \
+            f"return s.count({ch!r})"
+        alphabet = string.ascii_letters[:6] + ch * 2 + ch.swapcase() + " "
+    else:
+        ch = "".join(r.choice(string.ascii_lowercase) for _ in range(2))
+        what = f"the substring {ch!r} occurs in s (non-overlapping, case matters)"
+        name, body = f"count_{ch}", f"return s.count({ch!r})"
+        alphabet = string.ascii_lowercase[:6] + ch[0] + ch[1] + " "
     return Spec(
-        params={"ch": ch},
-        name=f"count_letter_{ch}",
+        # the letter kind keeps its old params, so its instances (and their split) stay the same
+        params={"ch": ch} if kind == "letter" else {"ch": ch, "kind": kind},
+        name=name,
         args=[("s", "str")],
         returns="int",
-        doc=f"Count how many times the letter {ch!r} appears in s, ignoring case.",
-        body=f"return s.lower().count({ch!r})",
-        gen=lambda r: (text(r, string.ascii_letters[:8] + ch + ch.upper() + " ", 0, 14),),
+        doc=f"Count how many times {what}.",
+        body=body,
+        gen=lambda r: (text(r, alphabet, 0, 10) + ch * r.randint(0, 2) + text(r, alphabet, 0, 4),),
         edge=[("",)],
-        plan=f"Lowercase s so both cases match, then count {ch!r}.",
+        plan=f"Count {ch!r} in s with str.count" + (" after lowercasing s." if kind == "letter" else "."),
     )
 
 
@@ -208,22 +244,33 @@ def most_common_char(r):
     )
 
 
+_PAD_CHARS = string.ascii_letters + string.digits + "*.-#_+=~@$%&!?"
+
+
+def _fixed_pad_input(width: int):
+    # mostly shorter than the width: the worked examples are the longest of a few draws
+    return lambda r: (text(r, "abcxyz", 0, width - 1) if r.random() < 0.85
+                      else text(r, "xyz", width, width + 2),)
+
+
 @family("strings")
 def pad_string(r):
     side = r.choice(["left", "right"])
-    ch = r.choice("*.-#0_")
-    body = f"return s.rjust(width, {ch!r})" if side == "left" else f"return s.ljust(width, {ch!r})"
+    ch = r.choice(_PAD_CHARS)
+    fixed = r.choice([0, r.randint(3, 12)])  # 0: the width is an argument; else a constant
+    fn = "rjust" if side == "left" else "ljust"
+    width = "width" if not fixed else str(fixed)
     return Spec(
-        params={"side": side, "ch": ch},
-        name=f"pad_{side}",
-        args=[("s", "str"), ("width", "int")],
+        params={"side": side, "ch": ch} if not fixed else {"side": side, "ch": ch, "width": fixed},
+        name=f"pad_{side}" if not fixed else f"pad_{side}_to_{fixed}",
+        args=[("s", "str"), ("width", "int")] if not fixed else [("s", "str")],
         returns="str",
-        doc=f"Pad s on the {side} with {ch!r} until it is width characters long. Strings already "
+        doc=f"Pad s on the {side} with {ch!r} until it is {width} characters long. Strings already "
         "at least that long come back unchanged.",
-        body=body,
-        gen=lambda r: (text(r, "abcxyz", 0, 6), r.randint(0, 9)),
-        edge=[("", 0), ("abc", 2)],
-        plan=f"Add width - len(s) copies of {ch!r} on the {side} when that is positive.",
+        body=f"return s.{fn}({width}, {ch!r})",
+        gen=(lambda r: (text(r, "abcxyz", 0, 6), r.randint(0, 9))) if not fixed else _fixed_pad_input(fixed),
+        edge=[("", 0), ("abc", 2)] if not fixed else [("",)],
+        plan=f"Add {width} - len(s) copies of {ch!r} on the {side} when that is positive.",
     )
 
 

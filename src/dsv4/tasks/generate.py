@@ -23,8 +23,11 @@ HELDOUT_PER_MILLE = 200  # 20% of each family's instance space is held out
 # The families a model trained for minutes can learn first: a one-line template whose only
 # varying part (a letter, a digit, a bound, a slice) is stated in the docstring and the
 # function name, so solving a held-out instance is "recognise the template, copy the
-# constant". The quickstart post-trains and evaluates on these (its budget buys a ~20M model
-# a few thousand SFT examples); the other families need more steps than that.
+# constant". Each has hundreds of train instances or more (tests pin >= 200 train, >= 10
+# held out): with a few dozen, SFT memorises the instances instead of learning to copy the
+# constant, and held-out pass@1 measures recall. The quickstart post-trains and evaluates on
+# these (its budget buys a ~20M model a few thousand SFT examples); the other families need
+# more steps than that.
 STARTER_FAMILIES = ("clamp_list", "count_char_class", "count_digit", "count_letter", "every_kth",
                     "filter_dict", "lookup_default", "multiples_sum", "pad_string", "remove_chars")
 
@@ -34,6 +37,17 @@ def split_of(family: str, params: dict) -> str:
     return "heldout" if h % 1000 < HELDOUT_PER_MILLE else "train"
 
 
+# The train split is cut in two halves by another hash of the instance: one for SFT's
+# examples, one for RL's prompts. RL on instances the policy was never shown rewards solving
+# new instances of a template (what the held-out set measures), not recalling shown ones.
+TRAIN_PARTS = ("sft", "rl")
+
+
+def part_of(family: str, params: dict) -> str:
+    """The half of the train split an instance belongs to: "sft" or "rl"."""
+    return TRAIN_PARTS[key_hash("part:" + instance_key(family, params)) % 2]
+
+
 def iter_tasks(
     split: str = "train",
     seed: int = 0,
@@ -41,16 +55,20 @@ def iter_tasks(
     difficulty: tuple[int, int] | None = None,
     unique: bool = True,
     max_tries: int = 200,
+    part: str | None = None,
 ) -> Iterator[Task]:
     """An endless stream of tasks of one split; stops early when the space looks exhausted.
 
     Families are drawn uniformly (each draw then draws its own parameters), so small
     families do not vanish behind the large composed ones. With `unique`, no instance
     repeats; a family drops out once `max_tries` draws in a row found nothing new in it,
-    and the stream ends when every family has.
+    and the stream ends when every family has. `part` ("sft" or "rl", train split only) keeps
+    one half of the train split (`part_of`).
     """
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r} (use train or heldout)")
+    if part is not None and (split != "train" or part not in TRAIN_PARTS):
+        raise UserError(f"part {part!r} needs the train split and one of {', '.join(TRAIN_PARTS)}")
     names = sorted(FAMILIES) if families is None else list(families)
     for n in names:
         if n not in FAMILIES:
@@ -68,6 +86,8 @@ def iter_tasks(
             if unique and key in seen:
                 continue
             if split_of(fam.name, spec.params) != split:
+                continue
+            if part is not None and part_of(fam.name, spec.params) != part:
                 continue
             if difficulty is not None and not difficulty[0] <= spec.difficulty <= difficulty[1]:
                 continue

@@ -52,6 +52,9 @@ class RLConfig(TrainConfig):
     difficulty_min: int = 1
     difficulty_max: int = 4
     families: list | None = None  # restrict the task generator to these families (None: all)
+    # "rl": only RL's half of the train split (dsv4.tasks.part_of), the instances an SFT run on
+    # `sft_tasks(part="sft")` never showed; "": the whole train split
+    train_part: str = ""
     eps_low: float = 0.2
     eps_high: float = 0.28
     kl_coef: float = 0.0
@@ -85,6 +88,8 @@ class RLConfig(TrainConfig):
             raise UserError("--group-size, --tasks-per-step and --max-new-tokens must be >= 1")
         if self.sample_rounds < 1 or self.sandbox_batch < 1:
             raise UserError("--sample-rounds and --sandbox-batch must be >= 1")
+        if self.train_part not in ("", "sft", "rl"):
+            raise UserError("--train-part must be sft, rl or empty (the whole train split)")
         if self.task_sampling not in ("uniform", "learnability"):
             raise UserError("--task-sampling must be uniform or learnability")
         if self.objective == "grpo" and self.std_norm and self.group_size < 2:
@@ -110,7 +115,7 @@ def fitting_tasks(tok, cfg: RLConfig, max_len: int, families: list | None):
     from dsv4.tasks import iter_tasks
 
     for task in iter_tasks("train", seed=cfg.seed + 1, difficulty=(cfg.difficulty_min, cfg.difficulty_max),
-                           families=families):
+                           families=families, part=cfg.train_part or None):
         ids = prompt_ids(tok, task, cfg.think)
         if len(ids) + cfg.max_new_tokens < max_len:
             yield task, ids

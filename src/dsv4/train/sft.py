@@ -100,18 +100,20 @@ class SFTLoader:
 
 def sft_tasks(source: str = "tasks", n: int = 2000, seed: int = 0, mine_from: list | None = None,
               difficulty: tuple[int, int] | None = None, families: list | None = None,
-              unique: bool = True) -> list:
+              unique: bool = True, part: str | None = None) -> list:
     """The SFT task set: `tasks` = generated train-split tasks (+ doctests mined from
     `mine_from`, train split only; `families` restricts the generator; `unique=False` lets
     instances repeat, so that every family keeps its share of the set however small its
-    instance space), or a JSONL file of tasks (`dsv4 tasks ... --json`)."""
+    instance space; `part="sft"` keeps SFT's half of the train split, leaving RL's half unseen),
+    or a JSONL file of tasks (`dsv4 tasks ... --json`)."""
     from dsv4.tasks import generate_tasks, load_tasks
 
     if source != "tasks":
         if not Path(source).is_file():
             raise UserError(f"--data {source!r}: use `tasks` or a JSONL file of tasks")
         return [t for t in load_tasks(source) if t.split == "train"]
-    tasks = generate_tasks("train", n=n, seed=seed, difficulty=difficulty, families=families, unique=unique)
+    tasks = generate_tasks("train", n=n, seed=seed, difficulty=difficulty, families=families, unique=unique,
+                           part=part)
     if mine_from:
         from dsv4.tasks.mine import mine_doctests
 
