@@ -22,15 +22,12 @@ import torch.nn.functional as F
 _UNROLLED: dict[int, object] = {}
 
 
-def _unrolled(n: int):
-    """f(rows: n x n list, iters, eps) -> n x n list: DeepSeek's Sinkhorn after the row softmax
-    (+ eps): one column normalisation, then (iters - 1) rounds of row and column ones, eps in
-    every denominator, each sum left to right like Python's `sum`."""
-    fn = _UNROLLED.get(n)
-    if fn is not None:
-        return fn
-    a = [[f"a{i}_{j}" for j in range(n)] for i in range(n)]
+def _names(n: int) -> list[list[str]]:
+    return [[f"a{i}_{j}" for j in range(n)] for i in range(n)]
 
+
+def _sinkhorn_lines(a: list[list[str]]) -> list[str]:
+    """Source lines normalising the n x n variables `a` in place (see `_unrolled`)."""
     def normalise(groups: list[list[str]], indent: str) -> list[str]:
         lines = []
         for g in groups:
@@ -38,12 +35,23 @@ def _unrolled(n: int):
             lines += [f"{indent}{v} /= s" for v in g]
         return lines
 
-    rows, cols = a, [list(c) for c in zip(*a, strict=True)]
+    cols = [list(c) for c in zip(*a, strict=True)]
+    return (normalise(cols, "    ") + ["    for _ in range(iters - 1):"] + normalise(a, "        ")
+            + normalise(cols, "        "))
+
+
+def _unrolled(n: int):
+    """f(rows: n x n list, iters, eps) -> n x n list: DeepSeek's Sinkhorn after the row softmax
+    (+ eps): one column normalisation, then (iters - 1) rounds of row and column ones, eps in
+    every denominator, each sum left to right like Python's `sum`."""
+    fn = _UNROLLED.get(n)
+    if fn is not None:
+        return fn
+    a = _names(n)
     src = ["def sinkhorn(m, iters, eps):",
-           "    (" + "".join(f"({', '.join(r)},), " for r in rows) + ") = m"]
-    src += normalise(cols, "    ")
-    src += ["    for _ in range(iters - 1):"] + normalise(rows, "        ") + normalise(cols, "        ")
-    src += ["    return [" + ", ".join(f"[{', '.join(r)}]" for r in rows) + "]"]
+           "    (" + "".join(f"({', '.join(r)},), " for r in a) + ") = m"]
+    src += _sinkhorn_lines(a)
+    src += ["    return [" + ", ".join(f"[{', '.join(r)}]" for r in a) + "]"]
     scope: dict = {}
     exec("\n".join(src), scope)  # noqa: S102 -- our own generated source, no input involved
     fn = _UNROLLED[n] = scope["sinkhorn"]
@@ -56,13 +64,13 @@ _FUSED: dict[int, object] = {}
 def _fused(n: int):
     """f(raw, rstd, a_pre, a_post, a_res, bias, eps, iters) -> pre + post + comb^T as one flat
     list: every step of `one_token_coefficients` after the GEMV (the gates, `softmax_rows`, the
-    Sinkhorn of `_unrolled`, the transpose) as straight-line code generated once per n, the
+    Sinkhorn lines of `_unrolled`, inline; the transpose) as straight-line code generated once per n, the
     same operations in the same order (bit-identical), without the lists, comprehensions and
     calls between them (~15 us of ~70 per connection, 12 connections a token)."""
     fn = _FUSED.get(n)
     if fn is not None:
         return fn
-    a = [[f"a{i}_{j}" for j in range(n)] for i in range(n)]
+    a = _names(n)
     src = ["def coefficients(raw, rstd, a_pre, a_post, a_res, bias, eps, iters):",
            f"    ({''.join(f'z{k}, ' for k in range(n * n + 2 * n))}) = raw",
            f"    ({''.join(f'b{k}, ' for k in range(n * n + 2 * n))}) = bias"]
@@ -74,12 +82,11 @@ def _fused(n: int):
         src += [f"    top = max({', '.join(a[i])})"]
         src += [f"    {v} = exp({v} - top)" for v in a[i]]
         src += [f"    s = {' + '.join(a[i])}"] + [f"    {v} = {v} / s + eps" for v in a[i]]
-    src += ["    (" + "".join(f"({', '.join(r)},), " for r in a) + ") = sinkhorn(("
-            + "".join(f"({', '.join(r)},), " for r in a) + "), iters, eps)"]
+    src += _sinkhorn_lines(a)
     cols = [a[i][j] for j in range(n) for i in range(n)]  # comb^T row-major: comb's columns
     outs = [f"p{i}" for i in range(n)] + [f"q{i}" for i in range(n)] + cols
     src += ["    return [" + ", ".join(outs) + "]"]
-    scope: dict = {"sig": _sigmoid, "exp": math.exp, "sinkhorn": _unrolled(n)}
+    scope: dict = {"sig": _sigmoid, "exp": math.exp}
     exec("\n".join(src), scope)  # noqa: S102 -- our own generated source, no input involved
     fn = _FUSED[n] = scope["coefficients"]
     return fn
