@@ -121,7 +121,27 @@ def _push(cache, store, comp, x, slot: int, p: int, pre=None) -> torch.Tensor | 
         feats = [raw.data[n][slot, cells] for n in ("kv", "score")]
         if first < 0:  # the overlapping span of block 0 reaches before the sequence start
             feats = [torch.cat([f.new_zeros(-first, f.shape[-1]), f]) for f in feats]
-        blocks = torch.arange(p // r, p // r + 1)
-        store.store(slot, blocks, cache._pool(comp, blocks, feats[0].unsqueeze(0), feats[1].unsqueeze(0)))
+        store.store_one(slot, p // r, pool_one(cache, comp, p // r, feats[0], feats[1]))
     n = int(store.count[slot])
     return store.entries[slot, :n] if n else None
+
+
+def pool_one(cache, comp, block: int, kv: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """`AttentionCache._pool` of one block from its raw span kv, score [span, coff*d] (zeros
+    before position 0) -> its entry [d]: the same elementwise sums and the same softmax and sum
+    over the span (the same kernels on the same layout, so the same bits), without the batch
+    dimensions, the carried-block tensors and the index tensors of the general path. With
+    overlap the span is [block - 1 | block]: block - 1's first half (none for block 0: -inf
+    scores, as the general path's missing predecessor) and this block's second half."""
+    r, d = comp.ratio, comp.head_dim
+    ape = comp.ape
+    if comp.overlap:
+        kv = torch.cat([kv[:r, :d], kv[r:, d:]])
+        score = torch.cat([score[:r, :d] + ape[:, :d], score[r:, d:] + ape[:, d:]])
+        if block == 0:
+            score[:r] = float("-inf")
+    else:
+        score = score + ape
+    pooled = (kv * score.softmax(dim=0)).sum(dim=0)
+    freqs = cache.owner.freqs_compress[block * r:block * r + 1]  # rotation at the block's start
+    return comp.finish(pooled.view(1, 1, -1), freqs)[0, 0]

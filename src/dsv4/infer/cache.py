@@ -231,6 +231,14 @@ class CompressedCache:
         self.entries[row, blocks] = entries.to(self.entries.dtype)
         self.count[row] = max(int(self.count[row]), int(blocks.max()) + 1)
 
+    def store_one(self, row: int, block: int, entry: torch.Tensor) -> None:
+        """`store` of one entry [...] for one block given as a host int (no index tensors)."""
+        if self.entries is None:
+            return self.store(row, torch.tensor([block]), entry.unsqueeze(0))
+        self.entries[row, block] = entry.to(self.entries.dtype)
+        if int(self.count[row]) <= block:
+            self.count[row] = block + 1
+
     def read(self, rows: torch.Tensor) -> torch.Tensor | None:
         """Entries [B, N, ...] of slots `rows` (N = the most blocks any row holds; a row's
         entries past its own count are stale: mask them with `block_positions`), or None
