@@ -5,12 +5,13 @@ packed output would be caught by the same comparison."""
 import pytest
 import torch
 
-import dsv4.infer.prepack as prepack
+import dsv4.model.packed as packed
 from dsv4.infer.engine import Engine
-from dsv4.infer.prepack import attn_input_weights, packed_outputs, prepack_weights
+from dsv4.infer.prepack import attn_input_weights, prepack_weights
 from dsv4.infer.sampling import SamplingParams
 from dsv4.model.attention import Attention
 from dsv4.model.moe import Expert, MoE
+from dsv4.model.packed import packed_outputs
 from dsv4.model.transformer import build_model
 
 
@@ -82,7 +83,7 @@ def test_training_a_prepacked_model_reaches_the_parameters():
 def test_packed_decode_same_tokens_and_used(preset, monkeypatch):
     want_ids, want_lp = _generate(_model(preset), prepack=False)
     hits = []
-    real = prepack.packed_outputs
+    real = packed.packed_outputs
 
     def counting(owner, name, x):
         out = real(owner, name, x)
@@ -103,7 +104,7 @@ def test_a_wrong_packed_output_is_caught(where, group, i, j, monkeypatch):
     """Planted error: two outputs of a packed split swapped (the compressor's kv and gate; the
     shared expert's gate and up projections): the same comparison sees it."""
     want_ids, want_lp = _generate(_model(), prepack=False)
-    real = prepack.packed_outputs
+    real = packed.packed_outputs
 
     def swapped(owner, name, x):
         out = real(owner, name, x)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from dsv4.infer.prepack import packed_outputs
 from dsv4.model.indexer import head_scores
+from dsv4.model.packed import packed_outputs
 from dsv4.model.rope import apply_rope
 
 

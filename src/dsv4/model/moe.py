@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsv4.config import ModelConfig
-from dsv4.infer.prepack import packed_outputs
 from dsv4.model.ffn import FeedForward, swiglu
+from dsv4.model.packed import packed_outputs
 
 HASH_ROUTING_SEED = 0x5EED_4A5B  # tid2eid tables are a pure function of (this, layer id, sizes)
 
@@ -167,7 +167,7 @@ class ExpertWeight(nn.Module):
 
 def swiglu_hidden(ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """swiglu(w1 x, w3 x) of an Expert or FeedForward `ff`: one GEMV when w1|w3 are packed
-    side by side (infer/prepack.py; the same values), else two."""
+    side by side (model/packed.py, made by infer/prepack.py; the same values), else two."""
     both = packed_outputs(ff, "w13", x)
     if both is None:
         both = F.linear(x, ff.w1.weight), F.linear(x, ff.w3.weight)
