@@ -15,8 +15,9 @@ from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
-# eight 8 MiB buffers per "step", touched, then all freed: by default glibc trims the freed
-# heap top (or unmaps) and the next step faults every page in again
+# eight 8 MiB buffers and one 64 MiB one (above any mmap threshold glibc allows) per "step",
+# touched, then all freed: by default glibc trims the freed heap top and unmaps the big one,
+# and the next step faults every page in again
 LOOP = """
 import json, resource
 from dsv4.train.malloc_tune import tune_allocator
@@ -24,7 +25,7 @@ applied = tune_allocator()
 faults = []
 for step in range(6):
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    bufs = [bytearray(8 << 20) for _ in range(8)]
+    bufs = [bytearray(8 << 20) for _ in range(8)] + [bytearray(64 << 20)]
     del bufs
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 print(json.dumps({"applied": applied, "again": tune_allocator(), "faults": faults[2:]}))
@@ -44,7 +45,7 @@ def test_tuned_allocator_stops_per_step_faults():
         return
     assert on["applied"] is True and on["again"] is True  # idempotent: the second call reports the same
     assert off["applied"] is False and off["again"] is False
-    pages = 8 * (8 << 20) // 4096
-    # opted out, every step faults most of its 64 MiB in again; tuned, the heap keeps the pages
+    pages = (8 * (8 << 20) + (64 << 20)) // 4096
+    # opted out, every step faults most of its 128 MiB in again; tuned, the heap keeps the pages
     assert min(off["faults"]) > pages // 2
     assert max(on["faults"]) < pages // 20
