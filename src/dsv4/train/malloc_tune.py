@@ -4,12 +4,12 @@ A CPU training step allocates and frees the same large activation and gradient b
 every step. By default glibc serves blocks above its mmap threshold (at most 32 MiB, and
 the flagship's logits and their gradients are 64-128 MiB) with a fresh mmap, unmapped
 again on free, and gives freed heap tops back to the kernel (trim), so every step pays
-zero-fill page faults for memory it had a moment ago (~375k faults per flagship step at
-hc_mult=1). Serving every block from the heap (M_MMAP_MAX = 0) and trimming only above
-2 GiB of free top makes the process keep those pages: the next step reuses them without
-faults (a few hundred per step; ~30% less CPU time per flagship step here). The price
-is that the process keeps its peak heap resident, which a training loop reaches every
-step anyway.
+zero-fill page faults for memory it had a moment ago (~360k faults per flagship step).
+Serving every block from the heap (M_MMAP_MAX = 0) and trimming only above 2 GiB of free
+top makes the process keep those pages: the next step reuses them without faults (~25-30k
+per step left; ~25% less CPU time per flagship step here, hc_mult 1 and 4 alike:
+benchmarks/results/mhc_overhead_s4b.json). The price is that the process keeps its peak
+heap resident, which a training loop reaches every step anyway.
 
 Called once at the start of the training loop (train/pretrain.py) and by
 benchmarks/mhc_overhead.py for both models alike. Opt out with DSV4_MALLOC_TUNE=0.
