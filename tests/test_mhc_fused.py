@@ -11,7 +11,7 @@ import torch
 
 from dsv4.config import make_config
 from dsv4.model import mhc, mhc_fused
-from dsv4.model.engram import Engram
+from dsv4.model.engram import Engram, _gate, _gate_norm_bwd, _gate_norm_fwd, _rms
 from dsv4.model.mtp import MTPBlock
 from dsv4.model.transformer import ForwardContext
 
@@ -141,3 +141,30 @@ def test_fused_mtp_projection_matches_eager(compiled):
     got = run()
     for a, b in zip(got, ref, strict=True):
         assert _rel(a, b) < 1e-2
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_engram_gate_backward_matches_autograd(n):
+    """The hand-written backward of Engram's gate + conv-input norm (`_gate_norm_bwd`) against
+    autograd through the eager maths (`_gate` and `_rms`, fp32 inside). A large eps makes its
+    terms count (RMSNorm(U) = c v with c = alpha / sqrt(alpha^2 m + eps) depends on alpha
+    through eps), and one token's zero hidden state puts its scores inside the gate's clamp."""
+    torch.manual_seed(0)
+    B, T, D, eps = 2, 5, 16, 0.3
+    h, key, value = torch.randn(B, T, n, D), torch.randn(B, T, n, D), torch.randn(B, T, D)
+    h[0, 0] = 0.0  # score 0: no gradient through the clamped square root
+    norms = [1 + 0.3 * torch.randn(n * D) for _ in range(3)]
+    inputs = [t.requires_grad_() for t in (h, key, value, *norms)]
+    g_u, g_z = torch.randn(B, T, n, D), torch.randn(B, T, n, D)
+
+    alpha, u = _gate(*inputs[:5], eps)
+    z = _rms(u, inputs[5], eps)
+    ref = torch.autograd.grad((u * g_u).sum() + (z * g_z).sum(), inputs)
+    with torch.no_grad():
+        a2, u2, z2, *saved = _gate_norm_fwd(*inputs, eps)
+        got = _gate_norm_bwd(g_u, g_z, *inputs, a2, *saved, eps)
+    for x, y in ((a2, alpha), (u2, u), (z2, z)):
+        assert _rel(x, y) < 1e-5
+    names = ("h", "key", "value", "query_norm", "key_norm", "conv_norm")
+    for name, x, y in zip(names, got, ref, strict=True):
+        assert _rel(x, y) < 1e-4, name

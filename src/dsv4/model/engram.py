@@ -112,8 +112,8 @@ class Engram(nn.Module):
         B, T, n, D = h.shape
         key, value = self.key_proj(e), self.value_proj(e)  # the projections stay autocast matmuls
         with torch.autocast(device_type=h.device.type, enabled=False):
-            alpha, u, z = compiled(_gate_norm, n)(h, key.view(B, T, n, D), value, self.query_norm,
-                                            self.key_norm, self.conv_norm, self.eps)
+            alpha, u, z = _GateNorm.apply(h, key.view(B, T, n, D), value, self.query_norm,
+                                          self.key_norm, self.conv_norm, self.eps)
             taps = self.conv_weight.view(n, D, self.kernel_size).permute(2, 0, 1)  # [k, n, D]
             conv = _CausalConv.apply(z, taps.float(), self.dilation)
             return alpha, compiled(_silu_add, n)(h, conv, u)
@@ -159,12 +159,84 @@ def _gate(h, key, value, query_norm, key_norm, eps: float):
     return alpha, alpha.unsqueeze(-1) * value.float().unsqueeze(2)
 
 
-def _gate_norm(h, key, value, query_norm, key_norm, conv_norm, eps: float):
-    """`_gate` and the conv input RMSNorm(U) of `_short_conv` in one function, for torch.compile:
-    -> (alpha fp32, U, RMSNorm(U)), U and its norm stored in h's dtype (computed in fp32): bf16
-    mHC streams halve the n-wide buffers (the eager path rounds the conv and U + conv to bf16 too)."""
-    alpha, u = _gate(h, key, value, query_norm, key_norm, eps)
-    return alpha, u.to(h.dtype), _rms(u, conv_norm, eps).to(h.dtype)
+def _gate_norm_fwd(h, key, value, query_norm, key_norm, conv_norm, eps: float):
+    """`_gate` and the conv input RMSNorm(U) of `_short_conv` in one pass -> (alpha fp32, U,
+    RMSNorm(U)), U and its norm stored in h's dtype (computed in fp32): bf16 mHC streams halve
+    the n-wide buffers (the eager path rounds the conv and U + conv to bf16 too). Also returns
+    the per-(token, stream) scalars `_gate_norm_bwd` reuses: the two RMS reciprocals, the
+    score s and the mean square m of the value. RMSNorm(alpha v) = c v with the scalar
+    c = alpha / sqrt(alpha^2 m + eps), so the norm of U is never taken over n-wide data."""
+    n, D = h.shape[-2:]
+    hf, kf, v = h.float(), key.float(), value.float()
+    rh = torch.rsqrt(hf.square().mean(-1) + eps)  # [B, T, n]
+    rk = torch.rsqrt(kf.square().mean(-1) + eps)
+    q = hf * rh.unsqueeze(-1) * query_norm.float().view(n, D)
+    k = kf * rk.unsqueeze(-1) * key_norm.float().view(n, D)
+    s = (q * k).sum(-1) / math.sqrt(D)
+    alpha = torch.sigmoid(torch.sign(s) * s.abs().clamp_min(1e-6).sqrt())
+    m = v.square().mean(-1)  # [B, T]
+    c = alpha * torch.rsqrt(alpha.square() * m.unsqueeze(-1) + eps)
+    u = alpha.unsqueeze(-1) * v.unsqueeze(2)
+    z = c.unsqueeze(-1) * v.unsqueeze(2) * conv_norm.float().view(n, D)
+    return alpha, u.to(h.dtype), z.to(h.dtype), rh, rk, s, m
+
+
+def _rms_bwd(g_y, x, r):
+    """dL/dx of y = x * r with r = rsqrt(mean(x^2) + eps) over the last dim: r (g_y - y mean(g_y y))."""
+    y = x * r.unsqueeze(-1)
+    return r.unsqueeze(-1) * (g_y - y * (g_y * y).mean(-1, keepdim=True))
+
+
+def _gate_norm_bwd(g_u, g_z, h, key, value, query_norm, key_norm, conv_norm, alpha, rh, rk, s, m,
+                   eps: float):
+    """Gradients of `_gate_norm_fwd` (alpha itself is logged only, detached) for its six inputs,
+    written out by hand: autograd through RMSNorm(U) made inductor's backward take the norm's
+    backward over n-wide data, ~2x the time of these passes (U and its norm are rank one per token)."""
+    n, D = h.shape[-2:]
+    hf, kf, v = h.float(), key.float(), value.float()
+    wq, wk, wc = query_norm.float().view(n, D), key_norm.float().view(n, D), conv_norm.float().view(n, D)
+    gu, gz = g_u.float(), g_z.float()
+    rden = torch.rsqrt(alpha.square() * m.unsqueeze(-1) + eps)
+    c = alpha * rden
+    gzw = gz * wc
+    g_c = (gzw * v.unsqueeze(2)).sum(-1)  # [B, T, n]
+    rden3 = rden * rden * rden
+    # c depends on alpha (dc/dalpha = eps / den^1.5) and on m (dc/dm = -alpha^3 / (2 den^1.5))
+    g_a = (gu * v.unsqueeze(2)).sum(-1) + g_c * eps * rden3
+    g_m = (g_c * -0.5 * alpha * alpha.square() * rden3).sum(-1)  # [B, T]
+    g_v = (alpha.unsqueeze(-1) * gu + c.unsqueeze(-1) * gzw).sum(2) + g_m.unsqueeze(-1) * (2.0 / D) * v
+    g_wc = (gz * (c.unsqueeze(-1) * v.unsqueeze(2))).sum((0, 1))
+    # alpha = sigmoid(sign(s) sqrt(max(|s|, 1e-6))): no gradient where the clamp holds
+    a_s = s.abs()
+    g_s = g_a * alpha * (1 - alpha) * 0.5 * torch.rsqrt(a_s.clamp_min(1e-6)) * (a_s >= 1e-6)
+    hn, kn = hf * rh.unsqueeze(-1), kf * rk.unsqueeze(-1)
+    scale = g_s.unsqueeze(-1) / math.sqrt(D)
+    g_q, g_k = scale * kn * wk, scale * hn * wq  # dL/d(RMSNorm(h) wq), dL/d(RMSNorm(key) wk)
+    g_wq, g_wk = (g_q * hn).sum((0, 1)), (g_k * kn).sum((0, 1))
+    g_h, g_key = _rms_bwd(g_q * wq, hf, rh), _rms_bwd(g_k * wk, kf, rk)
+    return (g_h.to(h.dtype), g_key.to(key.dtype), g_v.to(value.dtype), g_wq.reshape(-1).to(query_norm.dtype),
+            g_wk.reshape(-1).to(key_norm.dtype), g_wc.reshape(-1).to(conv_norm.dtype))
+
+
+class _GateNorm(torch.autograd.Function):
+    """(alpha, U, RMSNorm(U)) of `_gate_norm_fwd` with the hand-written `_gate_norm_bwd`, each
+    one compiled function per stream count. Saves the inputs and [B, T, n]-sized scalars only."""
+
+    @staticmethod
+    def forward(ctx, h, key, value, query_norm, key_norm, conv_norm, eps):
+        n = h.shape[2]
+        alpha, u, z, rh, rk, s, m = compiled(_gate_norm_fwd, n)(h, key, value, query_norm, key_norm,
+                                                                conv_norm, eps)
+        ctx.save_for_backward(h, key, value, query_norm, key_norm, conv_norm, alpha, rh, rk, s, m)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(alpha)
+        return alpha, u, z
+
+    @staticmethod
+    def backward(ctx, g_alpha, g_u, g_z):
+        saved = ctx.saved_tensors
+        n = saved[0].shape[2]
+        return (*compiled(_gate_norm_bwd, n)(g_u, g_z, *saved, ctx.eps), None)
 
 
 def _silu_add(h, conv, u):

@@ -36,6 +36,7 @@ from dsv4.train import distributed as D
 from dsv4.train.config import RESUMABLE_OVERRIDES, TrainConfig
 from dsv4.train.indexer_stage import IndexerSchedule
 from dsv4.train.loader import TokenLoader, eval_batches
+from dsv4.train.malloc_tune import tune_allocator
 from dsv4.train.metrics import MetricsLog, flops_per_token, peak_flops
 from dsv4.train.optim import build_optimizers
 from dsv4.train.progress import TrainProgress
@@ -168,6 +169,7 @@ def _pretrain(cfg: TrainConfig, env: D.DistEnv, data, init=None, batches=None, l
     cfg, ckpt, state = _resolve_run(cfg)
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(threads)
+    tune_allocator()  # glibc keeps step buffers in the heap; DSV4_MALLOC_TUNE=0 opts out
     show = cfg.progress and env.is_main
 
     # ---- data ---------------------------------------------------------------------------------
