@@ -69,6 +69,9 @@ ONPOLICY_LR = {"lr": 1e-4, "muon_lr": 5e-4}
 # and decoded 72 at a time as slots free).
 HELDOUT_BATCH = 72
 # RL trains on its own half of the train split (`train_part`), instances SFT never showed.
+# GRPO's mu stays 1 (`updates_per_batch`): from the same SFT checkpoint, mu = 2 reached 0.32
+# (greedy 0.35) after 20 sampling rounds and 0.3225 after 10 (about mu = 1's 20-round wall
+# time), against mu = 1's 0.33 (greedy 0.36) after 20 (benchmarks/results/posttrain_heldout_s4.json).
 RL_DEFAULTS = {"group_size": 8, "tasks_per_step": 8, "max_new_tokens": 64, "partial_credit": True,
                "lr": 1e-3, "muon_lr": 1e-3, "task_sampling": "learnability", "train_part": "rl"}
 

@@ -73,6 +73,12 @@ def register_stages(tsub) -> None:
     r.add_argument("--task-sampling", default="uniform", choices=["uniform", "learnability"],
                    help="draw task families uniformly, or more from those whose groups still have "
                    "reward variance")
+    r.add_argument("--updates-per-batch", type=int, default=1,
+                   help="GRPO's mu: optimizer updates per sampled batch, clipped against the sampling "
+                   "policy (default 1: on-policy)")
+    r.add_argument("--minibatches", type=int, default=1, help="optimizer steps per update, one per slice")
+    r.add_argument("--train-part", default="", choices=["", "sft", "rl"],
+                   help="train tasks from this half of the train split only (default: all of it)")
     _common(r)
     r.set_defaults(func=_rl)
 
@@ -148,7 +154,8 @@ def _rl(args) -> int:
                    loss_agg=args.loss_agg, think=not args.no_think,
                    difficulty_min=args.difficulty[0], difficulty_max=args.difficulty[1],
                    sample_rounds=args.sample_rounds, sandbox_batch=args.sandbox_batch,
-                   task_sampling=args.task_sampling)
+                   task_sampling=args.task_sampling, updates_per_batch=args.updates_per_batch,
+                   minibatches=args.minibatches, train_part=args.train_part)
     s = rl(_apply(cfg, args))
     print(f"step {s['step']}, mean reward {s['mean_reward'] or 0:.3f}, "
           f"mean pass rate {s['mean_pass_rate'] or 0:.3f} -> {s['checkpoint']}")

@@ -14,10 +14,14 @@ of each with the inference engine (one batched `Engine.generate`), then
     those, and `task_sampling="learnability"` draws more tasks from the families whose
     groups keep a reward spread (dsv4.train.curriculum);
   - distill: the teacher scores the student's tokens; `onpolicy_distill_loss`.
-One optimizer step per batch (so the importance ratio is 1 at the step and the clip is a
-guard, as in on-policy GRPO with mu = 1). Logs reward, pass rate, length, entropy and KL per
-step to DIR/metrics.jsonl; atomic checkpoints with optimizer state, the task stream's
-position and RNG states, so that `resume` continues the run.
+`updates_per_batch` (GRPO's mu) optimizer updates per sampled batch, each over
+`minibatches` slices of it; with mu = 1 and one minibatch the importance ratio is 1 at the
+step and the clip is only a guard (on-policy GRPO); for mu > 1 the old-policy logprobs are
+the ones taken before the first update, so the clip really bounds how far the later updates
+move from the policy that sampled (more learning per costly rollout: sampling is most of a
+step). Logs reward, pass rate, length, entropy and KL per step (and each update's loss, ratio
+and clip fraction under "updates") to DIR/metrics.jsonl; atomic checkpoints with optimizer
+state, the task stream's position and RNG states, so that `resume` continues the run.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ class RLConfig(TrainConfig):
     # GRPO only, DAPO dynamic sampling: up to this many sampling rounds per step, keeping only groups with
     # reward variance, until tasks_per_step of them are in hand (1: plain GRPO, no filter)
     sample_rounds: int = 1
+    # GRPO's mu (DeepSeekMath Alg. 1): optimizer updates per sampled batch; the old-policy
+    # logprobs are taken once before the first, so the clipped ratio bounds updates 2..mu
+    updates_per_batch: int = 1
+    minibatches: int = 1  # each update steps once per slice of the batch (1: the whole batch)
     # GRPO task sampling: "uniform" over families, or "learnability" (more tasks from the families
     # whose groups still have reward variance: dsv4.train.curriculum)
     task_sampling: str = "uniform"
@@ -88,6 +96,8 @@ class RLConfig(TrainConfig):
             raise UserError("--group-size, --tasks-per-step and --max-new-tokens must be >= 1")
         if self.sample_rounds < 1 or self.sandbox_batch < 1:
             raise UserError("--sample-rounds and --sandbox-batch must be >= 1")
+        if self.updates_per_batch < 1 or self.minibatches < 1:
+            raise UserError("--updates-per-batch and --minibatches must be >= 1")
         if self.train_part not in ("", "sft", "rl"):
             raise UserError("--train-part must be sft, rl or empty (the whole train split)")
         if self.task_sampling not in ("uniform", "learnability"):
@@ -194,21 +204,42 @@ def policy_logprobs(model, x, y, autocast: bool, with_entropy: bool = False):
 
 def update_step(model, optimizers: list, cfg: RLConfig, prompts: list, comps: list, pad_id: int, device,
                 advantages=None, truncated=None, ref=None, teacher=None) -> dict:
-    """One optimizer step on sampled completions: the GRPO loss (with `advantages` [B]) or,
-    with a `teacher`, the on-policy distillation loss. Returns the step's stats."""
-    from dsv4.train.distill_loss import onpolicy_distill_loss
-    from dsv4.train.pretrain import apply_gradients
-
+    """`cfg.updates_per_batch` optimizer updates (x `cfg.minibatches` steps each) on sampled
+    completions: the GRPO loss (with `advantages` [B]) or, with a `teacher`, the on-policy
+    distillation loss. The old-policy (and reference / teacher) logprobs are computed once,
+    before the first update. Returns the last update's stats, plus `updates`: a list of every
+    update's stats (averaged over its minibatches)."""
     x, y, mask = pack_completions(prompts, comps, pad_id)
     x, y, mask = x.to(device), y.to(device), mask.to(device)
     with torch.no_grad():
         old_logp, _ = policy_logprobs(model, x, y, cfg.autocast)
         ref_logp = policy_logprobs(ref, x, y, cfg.autocast)[0] if ref is not None else None
         t_logp = policy_logprobs(teacher, x, y, cfg.autocast)[0] if teacher is not None else None
+    adv = advantages.to(device) if teacher is None else None
+    trunc = truncated.to(device) if truncated is not None else None
+    slices = [s for s in torch.arange(len(prompts)).tensor_split(min(cfg.minibatches, len(prompts)))
+              if len(s)]
+
+    def pick(t, idx):  # one slice: the whole batch as is (mu = 1 is then exactly the old step)
+        return t if t is None or len(slices) == 1 else t[idx]
+
+    updates = []
+    for _ in range(cfg.updates_per_batch):
+        parts = []
+        for idx in slices:
+            parts.append(_one_update(model, optimizers, cfg, *(pick(t, idx) for t in (
+                x, y, mask, old_logp, adv, trunc, ref_logp, t_logp))))
+        updates.append({k: float(np.mean([p[k] for p in parts])) for k in parts[0]})
+    return {**updates[-1], "updates": updates} if len(updates) > 1 else updates[0]
+
+
+def _one_update(model, optimizers, cfg: RLConfig, x, y, mask, old_logp, adv, trunc, ref_logp, t_logp) -> dict:
+    """One optimizer step of the GRPO (or, with teacher logprobs `t_logp`, distillation) loss."""
+    from dsv4.train.distill_loss import onpolicy_distill_loss
+    from dsv4.train.pretrain import apply_gradients
+
     logp, ent = policy_logprobs(model, x, y, cfg.autocast, with_entropy=True)
-    if teacher is None:
-        trunc = truncated.to(device) if truncated is not None else None
-        adv = advantages.to(device)
+    if t_logp is None:
         loss, stats = grpo_loss(logp, old_logp, adv, mask, _grpo_config(cfg), ref_logp, trunc)
     else:
         loss, stats = onpolicy_distill_loss(logp, old_logp, t_logp, mask)
