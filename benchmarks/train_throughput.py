@@ -6,7 +6,9 @@ Random token ids: throughput does not depend on the data. The machine may be sha
 its load drifts, so each timed step is paired with a short timed bf16 matmul burst right
 after it, and `mfu` is the median over steps of (step FLOP/s / paired peak). For
 reference, `mfu_vs_run_peak` divides by the best of two longer peak measurements taken
-before and after all presets.
+before and after all presets. The glibc allocator settings that `dsv4 train pretrain` applies
+(`dsv4.train.malloc_tune`) are applied here too, so the step is the one training runs;
+`--no-malloc-tune` measures without them.
 
     python benchmarks/train_throughput.py [--presets tiny,flagship] [--compile both|on|off]
 """
@@ -23,6 +25,7 @@ import torch
 
 from dsv4.model import build_model
 from dsv4.train.config import TrainConfig
+from dsv4.train.malloc_tune import tune_allocator
 from dsv4.train.metrics import _cpu_name, flops_per_token, measure_peak_flops
 from dsv4.train.optim import build_optimizers
 from dsv4.train.pretrain import train_step
@@ -87,8 +90,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--label", default="default",
                     help="name of this measurement; results of other labels in --out are kept")
+    ap.add_argument("--malloc-tune", action=argparse.BooleanOptionalAction, default=True,
+                    help="apply dsv4.train.malloc_tune as `dsv4 train pretrain` does (default on)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = tune_allocator() if args.malloc_tune else False
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
 
     peak_before = measure_peak_flops("cpu", seconds=2.0)
@@ -109,6 +115,8 @@ def main() -> None:
               f"{r['tokens_per_s']:.0f} | {100 * r['mfu']:.1f}% | {r['step_ms_median']:.0f} |")
     run = {
         "machine": {"cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__},
+        "malloc_tune": tuned,
+        "load_avg_1min": os.getloadavg()[0],
         "peak_flops_bf16": peak,
         "peak_flops_before_after": [peak_before, peak_after],
         "rows": rows,
