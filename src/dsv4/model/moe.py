@@ -280,14 +280,16 @@ class MoE(nn.Module):
         whole number of 64 elements (the elementwise kernels finish a ragged tail with scalar
         code whose silu differs in the last bit from the vector one: only whole vectors make
         the concatenated values equal the separate ones)."""
+        # the static conditions first, so a model they rule out (e.g. tiny widths) does not
+        # make the experts' GEMVs here and again on the per-expert path
+        if self.swiglu_limit != self.shared_experts.swiglu_limit or pre[1].shape[-1] % 64 or self.hidden % 64:
+            return None
         parts = [pre[1:]]
         for e in experts:
             both = packed_outputs(self.experts[e], "w13", xs)
             if both is None:
                 return None
             parts.append(both)
-        if self.swiglu_limit != self.shared_experts.swiglu_limit or any(g.shape[-1] % 64 for g, _ in parts):
-            return None
         h = swiglu(torch.cat([g for g, _ in parts], dim=-1), torch.cat([u for _, u in parts], dim=-1),
                    self.swiglu_limit).split([g.shape[-1] for g, _ in parts], dim=-1)
         out = F.linear(h[0], self.shared_experts.w2.weight)
