@@ -150,12 +150,20 @@ def _rms(x, weight, eps: float):
     return F.rms_norm(x.float(), (D,), eps=eps) * weight.float().view(-1, D)
 
 
+GATE_FLOOR = 1e-6  # |s| is clamped here before the square root (no gradient below it)
+
+
+def _score_gate(s):
+    """Paper eq. 4's gate of the scaled score s: sigmoid(sign(s) sqrt(max(|s|, floor)))."""
+    return torch.sigmoid(torch.sign(s) * s.abs().clamp_min(GATE_FLOOR).sqrt())
+
+
 def _gate(h, key, value, query_norm, key_norm, eps: float):
     """Streams h, keys [B, T, n, D], value [B, T, D] -> (gate alpha [B, T, n], U = alpha * value
     [B, T, n, D] fp32). Gate per branch (paper eq. 4): the scaled dot product of the normed
     query and key, through a signed square root and a sigmoid."""
     s = (_rms(h, query_norm, eps) * _rms(key, key_norm, eps)).sum(-1) / math.sqrt(h.shape[-1])
-    alpha = torch.sigmoid(torch.sign(s) * s.abs().clamp_min(1e-6).sqrt())
+    alpha = _score_gate(s)
     return alpha, alpha.unsqueeze(-1) * value.float().unsqueeze(2)
 
 
@@ -173,7 +181,7 @@ def _gate_norm_fwd(h, key, value, query_norm, key_norm, conv_norm, eps: float):
     q = hf * rh.unsqueeze(-1) * query_norm.float().view(n, D)
     k = kf * rk.unsqueeze(-1) * key_norm.float().view(n, D)
     s = (q * k).sum(-1) / math.sqrt(D)
-    alpha = torch.sigmoid(torch.sign(s) * s.abs().clamp_min(1e-6).sqrt())
+    alpha = _score_gate(s)
     m = v.square().mean(-1)  # [B, T]
     c = alpha * torch.rsqrt(alpha.square() * m.unsqueeze(-1) + eps)
     u = alpha.unsqueeze(-1) * v.unsqueeze(2)
@@ -206,9 +214,9 @@ def _gate_norm_bwd(g_u, g_z, h, key, value, query_norm, key_norm, conv_norm, alp
     g_m = (g_c * -0.5 * alpha * alpha.square() * rden3).sum(-1)  # [B, T]
     g_v = (alpha.unsqueeze(-1) * gu + c.unsqueeze(-1) * gzw).sum(2) + g_m.unsqueeze(-1) * (2.0 / D) * v
     g_wc = (gz * (c.unsqueeze(-1) * v.unsqueeze(2))).sum((0, 1))
-    # alpha = sigmoid(sign(s) sqrt(max(|s|, 1e-6))): no gradient where the clamp holds
+    # alpha = _score_gate(s): no gradient where the clamp holds
     a_s = s.abs()
-    g_s = g_a * alpha * (1 - alpha) * 0.5 * torch.rsqrt(a_s.clamp_min(1e-6)) * (a_s >= 1e-6)
+    g_s = g_a * alpha * (1 - alpha) * 0.5 * torch.rsqrt(a_s.clamp_min(GATE_FLOOR)) * (a_s >= GATE_FLOOR)
     hn, kn = hf * rh.unsqueeze(-1), kf * rk.unsqueeze(-1)
     scale = g_s.unsqueeze(-1) / math.sqrt(D)
     g_q, g_k = scale * kn * wk, scale * hn * wq  # dL/d(RMSNorm(h) wq), dL/d(RMSNorm(key) wk)
