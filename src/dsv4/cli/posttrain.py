@@ -35,6 +35,8 @@ def _apply(cfg, args, fields=("batch_size", "lr", "muon_lr", "save_every", "thre
 
 
 def register_stages(tsub) -> None:
+    from dsv4.tasks.generate import TRAIN_PARTS
+
     s = tsub.add_parser("sft", help="chat SFT on tasks with reference solutions (assistant-only loss)",
                         description="Supervised fine-tuning of --init on chat-formatted verifiable tasks "
                         "(generated train split, optional <think> plans, optional mined doctests), loss "
@@ -77,7 +79,7 @@ def register_stages(tsub) -> None:
                    help="GRPO's mu: optimizer updates per sampled batch, clipped against the sampling "
                    "policy (default 1: on-policy)")
     r.add_argument("--minibatches", type=int, default=1, help="optimizer steps per update, one per slice")
-    r.add_argument("--train-part", default="", choices=["", "sft", "rl"],
+    r.add_argument("--train-part", default="", choices=["", *TRAIN_PARTS],
                    help="train tasks from this half of the train split only (default: all of it)")
     _common(r)
     r.set_defaults(func=_rl)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from dsv4.errors import UserError
+from dsv4.tasks.generate import TRAIN_PARTS
 from dsv4.train import checkpoint as ck
 from dsv4.train.config import TrainConfig
 from dsv4.train.grpo import GRPOConfig, group_advantages, grpo_loss, token_entropy, token_logprobs
@@ -98,8 +99,9 @@ class RLConfig(TrainConfig):
             raise UserError("--sample-rounds and --sandbox-batch must be >= 1")
         if self.updates_per_batch < 1 or self.minibatches < 1:
             raise UserError("--updates-per-batch and --minibatches must be >= 1")
-        if self.train_part not in ("", "sft", "rl"):
-            raise UserError("--train-part must be sft, rl or empty (the whole train split)")
+        if self.train_part not in ("", *TRAIN_PARTS):
+            raise UserError(f"--train-part must be one of {', '.join(TRAIN_PARTS)} "
+                            "or empty (the whole train split)")
         if self.task_sampling not in ("uniform", "learnability"):
             raise UserError("--task-sampling must be uniform or learnability")
         if self.objective == "grpo" and self.std_norm and self.group_size < 2:
