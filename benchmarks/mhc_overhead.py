@@ -1,9 +1,9 @@
 """mHC overhead: training-step time with hc_mult=4 over hc_mult=1, same model otherwise.
 
 One training step = bf16-autocast forward + loss + backward + AdamW step (the shape of
-`dsv4 train pretrain`). The two models are timed in interleaved order (A B A B ...) so
-that load from other processes on a shared machine hits both alike; the ratio of the
-median step times is reported. The paper reports 1.067 with fused GPU kernels; unfused
+`dsv4 train pretrain`). The two models are timed alternately (processes or steps, see
+"Measurement modes" below) so that load from other processes on a shared machine hits both
+alike; the ratio of the median step times is reported. The paper reports 1.067 with fused GPU kernels; unfused
 public ports run ~1.5x. By default the fused stream path is on (`dsv4.model.mhc.set_compile`:
 mhc_fused.py's autograd Functions over compiled loops for the mHC passes and Sinkhorn, and
 Engram's per-stream gate and conv and MTP's hnorm + h_proj, which both models use; ~2-3 min
