@@ -178,14 +178,12 @@ class Engine:
         ids, positions = ids.to(self.device), positions.to(self.device)
         if positions.numel() == 1:  # one token: the rotations as views (same values, no gather)
             p = int(positions.reshape(-1)[0])
-            at = slice(p, p + 1)
-            ctx = ForwardContext(ids=ids, freqs=c.freqs[at].view(1, 1, -1), cache=c, positions=positions)
-            if c.freqs_compress is not None:
-                ctx.freqs_compress = c.freqs_compress[at].view(1, 1, -1)
-            return ctx
-        ctx = ForwardContext(ids=ids, freqs=c.freqs[positions], cache=c, positions=positions)
+            rows_of = lambda table: table[p:p + 1].view(1, 1, -1)  # noqa: E731
+        else:
+            rows_of = lambda table: table[positions]  # noqa: E731
+        ctx = ForwardContext(ids=ids, freqs=rows_of(c.freqs), cache=c, positions=positions)
         if c.freqs_compress is not None:
-            ctx.freqs_compress = c.freqs_compress[positions]
+            ctx.freqs_compress = rows_of(c.freqs_compress)
         return ctx
 
     def _forward(self, rows: list[int], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
